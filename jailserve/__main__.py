@@ -1,0 +1,4 @@
+"""python -m jailserve ..."""
+from .cli import main
+
+raise SystemExit(main())
