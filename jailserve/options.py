@@ -310,7 +310,26 @@ HOOKS = _opts(
     *[O(f"hook-{phase}", STRING, f"run a hook action (action:args) in the {phase} phase", repeat=True) for phase in HOOK_PHASES],
 )
 
-REGISTRY_TABLES = (CONFIG, PROCESS, SOCKETS, APP, PRIVILEGES, LOGGING, JAIL, HOOKS)
+LOCK_ENGINES = ("posixsem", "ipcsem")
+
+
+def _check_lock_engine(value: str) -> None:
+    # uWSGI knows only ipcsem at run time ("unable to find lock engine" otherwise); posixsem,
+    # our default, is accepted by name too so a config can say what it relies on.
+    if value.strip() not in LOCK_ENGINES:
+        raise ValueProblem(f"'{value}' is not a lock engine (allowed: {', '.join(LOCK_ENGINES)})")
+
+
+LOCKS = _opts(
+    "locks",
+    O("locks", INT, "create N+1 user locks (0..N) for uwsgi.lock(n)", default=0),
+    O("lock-engine", STRING, "lock engine: posixsem (default) or ipcsem (SysV)", default="posixsem", check=_check_lock_engine),
+    O("ftok", PATH, "ipcsem: SysV keys are ftok(PATH, n) for lock n (reused, not private)"),
+    O("persistent-ipcsem", FLAG, "ipcsem: do not remove the SysV sets at exit (use with ftok)"),
+    O("thunder-lock", FLAG, "serialise accept() among the workers with a shared lock"),
+)
+
+REGISTRY_TABLES = (CONFIG, PROCESS, SOCKETS, APP, PRIVILEGES, LOGGING, JAIL, HOOKS, LOCKS)
 GROUP_ORDER = tuple(table[0].group for table in REGISTRY_TABLES)
 
 
