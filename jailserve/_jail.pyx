@@ -43,6 +43,359 @@ cdef int raise_errno(str what) except -1:
 
 # ---------------------------------------------------------------------------------------
 # 2. FreeBSD jails
+#
+# jail(2) with struct jail v2, jail_set(2)/jail_get(2) with name/value iovecs and an errmsg
+# buffer, jail_attach(2) + chdir("/"), jail_remove(2), name -> jid, and the sysctl reads
+# that tell a jail parameter's type (FREEBSD_JAILS §1, §2, §4, §2.7).  The C lives behind
+# __FreeBSD__; on Linux the same names exist and every Python function raises
+# OSError(ENOSYS, "...: FreeBSD only"), so one module builds on both.  Encoding of values
+# is not done here: jail/freebsd_params.py builds the exact bytes (unit-tested on Linux)
+# and these functions only point iovecs at them.
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.errno cimport ENOENT
+from posix.unistd cimport chdir as _fb_chdir
+
+cdef extern from *:
+    """
+    #if defined(__FreeBSD__)
+    #include <sys/param.h>
+    #include <sys/types.h>
+    #include <sys/uio.h>
+    #include <sys/jail.h>
+    #include <sys/sysctl.h>
+    #include <netinet/in.h>
+    #include <errno.h>
+    #include <string.h>
+
+    /* jail/freebsd_params.py keeps these numbers for pure code and tests; the C build (and
+       freebsd-check) fails here if the header ever disagrees (FREEBSD_JAILS 2.1). */
+    _Static_assert(JAIL_API_VERSION == 2, "struct jail version 2 expected");
+    _Static_assert(JAIL_CREATE == 0x01 && JAIL_UPDATE == 0x02 && JAIL_ATTACH == 0x04
+                   && JAIL_DYING == 0x08, "jail_set flag values");
+    _Static_assert(JAIL_SYS_DISABLE == 0 && JAIL_SYS_NEW == 1 && JAIL_SYS_INHERIT == 2,
+                   "jailsys values");
+
+    /* the sysctl meta-node {0, 4, oid...} answers kind + format (FREEBSD_JAILS 2.7);
+       named CTL_UNSPEC before 13.0, hence the fallbacks */
+    #ifndef CTL_SYSCTL
+    #define CTL_SYSCTL 0
+    #endif
+    #ifndef CTL_SYSCTL_OIDFMT
+    #define CTL_SYSCTL_OIDFMT 4
+    #endif
+
+    /* struct jail is filled in C so its layout always comes from <sys/jail.h> (1.1). */
+    static int js_fb_jail(const char *path, const char *hostname, const char *jailname,
+                          const void *ip4, unsigned int ip4s,
+                          const void *ip6, unsigned int ip6s)
+    {
+        struct jail j;
+        memset(&j, 0, sizeof j);
+        j.version = JAIL_API_VERSION;
+        j.path = (char *)path;
+        j.hostname = (char *)hostname;      /* never NULL: "" when none (1.2, 11.7) */
+        j.jailname = (char *)jailname;      /* NULL: no name */
+        j.ip4s = ip4s;                      /* both always passed; 0 = no IPv4 at all */
+        j.ip6s = ip6s;
+        j.ip4 = (struct in_addr *)ip4;
+        j.ip6 = (struct in6_addr *)ip6;
+        return jail(&j);
+    }
+    static int js_fb_jail_set(struct iovec *iov, unsigned int niov, int flags)
+    { return jail_set(iov, niov, flags); }
+    static int js_fb_jail_get(struct iovec *iov, unsigned int niov, int flags)
+    { return jail_get(iov, niov, flags); }
+    static int js_fb_jail_attach(int jid) { return jail_attach(jid); }
+    static int js_fb_jail_remove(int jid) { return jail_remove(jid); }
+
+    static int js_fb_oidfmt(const char *name, unsigned int *kind, char *fmt, size_t fmtlen)
+    {
+        int mib[CTL_MAXNAME + 2];
+        size_t miblen = CTL_MAXNAME;
+        unsigned char buf[sizeof(unsigned int) + 256];
+        size_t len = sizeof buf;
+        if (sysctlnametomib(name, mib + 2, &miblen) < 0)
+            return -1;
+        mib[0] = CTL_SYSCTL;
+        mib[1] = CTL_SYSCTL_OIDFMT;
+        if (sysctl(mib, (u_int)(miblen + 2), buf, &len, NULL, 0) < 0)
+            return -1;
+        if (len <= sizeof(unsigned int) || fmtlen == 0) {
+            errno = EINVAL;
+            return -1;
+        }
+        memcpy(kind, buf, sizeof(unsigned int));
+        len -= sizeof(unsigned int);
+        if (len >= fmtlen)
+            len = fmtlen - 1;
+        memcpy(fmt, buf + sizeof(unsigned int), len);
+        fmt[len] = '\\0';
+        return 0;
+    }
+    static int js_fb_sysctl_read(const char *name, void *buf, size_t *len)
+    { return sysctlbyname(name, buf, len, NULL, 0); }
+
+    #elif defined(__linux__)
+    #include <errno.h>
+    #include <stddef.h>
+    #include <sys/uio.h>
+    /* Present so the module links on Linux; the Python wrappers refuse before calling. */
+    static int js_fb_enosys(void) { errno = ENOSYS; return -1; }
+    static int js_fb_jail(const char *path, const char *hostname, const char *jailname,
+                          const void *ip4, unsigned int ip4s,
+                          const void *ip6, unsigned int ip6s)
+    { (void)path; (void)hostname; (void)jailname; (void)ip4; (void)ip4s; (void)ip6; (void)ip6s;
+      return js_fb_enosys(); }
+    static int js_fb_jail_set(struct iovec *iov, unsigned int niov, int flags)
+    { (void)iov; (void)niov; (void)flags; return js_fb_enosys(); }
+    static int js_fb_jail_get(struct iovec *iov, unsigned int niov, int flags)
+    { (void)iov; (void)niov; (void)flags; return js_fb_enosys(); }
+    static int js_fb_jail_attach(int jid) { (void)jid; return js_fb_enosys(); }
+    static int js_fb_jail_remove(int jid) { (void)jid; return js_fb_enosys(); }
+    static int js_fb_oidfmt(const char *name, unsigned int *kind, char *fmt, size_t fmtlen)
+    { (void)name; (void)kind; (void)fmt; (void)fmtlen; return js_fb_enosys(); }
+    static int js_fb_sysctl_read(const char *name, void *buf, size_t *len)
+    { (void)name; (void)buf; (void)len; return js_fb_enosys(); }
+    #endif
+    """
+    cdef struct js_fb_iovec "iovec":
+        void *iov_base
+        size_t iov_len
+    int js_fb_jail(const char *path, const char *hostname, const char *jailname,
+                   const void *ip4, unsigned int ip4s, const void *ip6, unsigned int ip6s) nogil
+    int js_fb_jail_set(js_fb_iovec *iov, unsigned int niov, int flags) nogil
+    int js_fb_jail_get(js_fb_iovec *iov, unsigned int niov, int flags) nogil
+    int js_fb_jail_attach(int jid) nogil
+    int js_fb_jail_remove(int jid) nogil
+    int js_fb_oidfmt(const char *name, unsigned int *kind, char *fmt, size_t fmtlen) nogil
+    int js_fb_sysctl_read(const char *name, void *buf, size_t *len) nogil
+
+
+cdef int _FB_JAIL_ATTACH = 0x04        # checked against <sys/jail.h> by the _Static_assert above
+cdef bytes _FB_ERRMSG = b"errmsg\0"
+
+
+cdef int _fb_only(str call) except -1:
+    """Every FreeBSD call refuses on Linux before touching C (errno ENOSYS)."""
+    if PLATFORM != "freebsd":
+        import errno as _errno
+        raise OSError(_errno.ENOSYS, f"{call}: FreeBSD only")
+    return 0
+
+
+cdef int _fb_raise(str call, int err, const char *errmsg) except -1:
+    """OSError(errno, the kernel's errmsg, or strerror when it wrote none) (§2.2, §11.9)."""
+    text = errmsg.decode("utf-8", "replace") if errmsg[0] else strerror(err).decode()
+    raise OSError(err, f"{call}: {text}")
+
+
+cdef int _fb_chdir_root(str after) except -1:
+    # §4.1, §11.11: up to 12.x attaching leaves the cwd outside the jail
+    cdef int err
+    if _fb_chdir(b"/") < 0:
+        err = errno
+        _fb_raise(f"chdir('/') after {after}", err, b"")
+    return 0
+
+
+cdef bytes _fb_cstring(object value, str what):
+    """A str or bytes as a C string; an embedded NUL would cut it silently, so refuse it."""
+    cdef bytes data = value.encode() if isinstance(value, str) else bytes(value)
+    if b"\0" in data:
+        raise ValueError(f"{what} contains a NUL byte")
+    return data
+
+
+def jail(path, hostname, jailname, bytes ip4 not None, bytes ip6 not None) -> int:
+    """jail(2), struct jail version 2, then chdir("/"); returns the new jid.
+
+    path, hostname (str or bytes; hostname "" for none), jailname (None for none);
+    ip4 / ip6: concatenated in_addr (4 bytes) / in6_addr (16 bytes) in network order, the
+    first address primary.  Empty ip4 means the jail may use no IPv4 (FREEBSD_JAILS §1.2).
+    """
+    _fb_only("jail")
+    if len(ip4) % 4 or len(ip6) % 16:
+        raise ValueError("ip4 must be a multiple of 4 bytes and ip6 of 16 (in_addr / in6_addr)")
+    cdef bytes c_path = _fb_cstring(path, "path")
+    cdef bytes c_host = _fb_cstring(hostname, "hostname")
+    cdef bytes c_name = None if jailname is None else _fb_cstring(jailname, "jailname")
+    cdef const char *name_p = NULL                     # NULL: no name (§1.2)
+    cdef const char *ip4_p = NULL                      # NULL is allowed with a count of 0
+    cdef const char *ip6_p = NULL
+    if c_name is not None:
+        name_p = c_name
+    if ip4:
+        ip4_p = ip4
+    if ip6:
+        ip6_p = ip6
+    cdef int jid = js_fb_jail(c_path, c_host, name_p, ip4_p, len(ip4) // 4, ip6_p, len(ip6) // 16)
+    cdef int err = errno                                # §11.10: before any Python runs
+    if jid < 0:
+        _fb_raise("jail", err, b"")
+    _fb_chdir_root("jail")
+    return jid
+
+
+cdef list _fb_pairs(object pairs, bint sizes):
+    """[(name bytes ending in NUL, value)], checked, as one list kept alive for the call.
+
+    value: bytes or None; with sizes (jail_get) also an int, the size of an output buffer.
+    """
+    cdef list out = []
+    for name, value in pairs:
+        if not isinstance(name, bytes) or name.find(b"\0") != len(name) - 1:
+            raise ValueError(f"jail parameter name {name!r}: bytes ending in one NUL (FREEBSD_JAILS §2.2)")
+        if not (value is None or isinstance(value, bytes) or (sizes and isinstance(value, int))):
+            raise TypeError(f"jail parameter {name!r}: value must be bytes{', an int size' if sizes else ''} or None")
+        out.append((name, value))
+    return out
+
+
+cdef js_fb_iovec *_fb_iovec(Py_ssize_t npairs) except NULL:
+    # §2.2: 2 elements per pair, plus the errmsg pair libjail also puts last
+    cdef js_fb_iovec *iov = <js_fb_iovec *>PyMem_Malloc((2 * npairs + 2) * sizeof(js_fb_iovec))
+    if iov == NULL:
+        raise MemoryError()
+    return iov
+
+
+cdef void _fb_point(js_fb_iovec *slot, object buf):
+    """One iovec element at a bytes/bytearray (None or empty = NULL, 0: "no value")."""
+    cdef const char *p
+    if buf is None or len(buf) == 0:
+        slot.iov_base = NULL
+        slot.iov_len = 0
+        return
+    if isinstance(buf, bytearray):
+        p = <char *>(<bytearray>buf)
+    else:
+        p = <const char *>(<bytes>buf)
+    slot.iov_base = <void *>p
+    slot.iov_len = len(buf)
+
+
+def jail_set(pairs, int flags) -> int:
+    """jail_set(2) with [(name + NUL, value bytes or None)]; returns the jid.
+
+    niov is 2 * (pairs + 1) with the errmsg pair (§11.1); the kernel's message goes into the
+    OSError.  With JAIL_ATTACH the process is inside afterwards and the cwd is "/".
+    """
+    _fb_only("jail_set")
+    cdef list keep = _fb_pairs(pairs, False)
+    cdef Py_ssize_t n = len(keep), i
+    cdef char errmsg[1024]
+    cdef js_fb_iovec *iov = _fb_iovec(n)
+    cdef int rc, err
+    try:
+        for i in range(n):
+            _fb_point(&iov[2 * i], keep[i][0])
+            _fb_point(&iov[2 * i + 1], keep[i][1])
+        errmsg[0] = 0                                   # §2.2, §11.9: no stale message
+        _fb_point(&iov[2 * n], _FB_ERRMSG)
+        iov[2 * n + 1].iov_base = errmsg
+        iov[2 * n + 1].iov_len = sizeof(errmsg)
+        rc = js_fb_jail_set(iov, <unsigned int>(2 * n + 2), flags)
+        err = errno                                     # §11.10: before any Python runs
+    finally:
+        PyMem_Free(iov)
+    if rc < 0:
+        _fb_raise("jail_set", err, errmsg)
+    if flags & _FB_JAIL_ATTACH:
+        _fb_chdir_root("jail_set(JAIL_ATTACH)")
+    return rc
+
+
+def jail_get(pairs, int flags=0):
+    """jail_get(2): pairs of (name + NUL, bytes = a key's value, int = an output buffer size).
+
+    Returns (jid, [bytes per pair]), each value cut to the length the kernel reported
+    (§2.6).  Every buffer is a private bytearray because the kernel writes into them.
+    """
+    _fb_only("jail_get")
+    cdef list keep = _fb_pairs(pairs, True)
+    cdef list bufs = [bytearray() if v is None else bytearray(v) for _, v in keep]
+    cdef Py_ssize_t n = len(keep), i
+    cdef char errmsg[1024]
+    cdef js_fb_iovec *iov = _fb_iovec(n)
+    cdef int rc, err
+    cdef list lens = []
+    try:
+        for i in range(n):
+            _fb_point(&iov[2 * i], keep[i][0])
+            _fb_point(&iov[2 * i + 1], bufs[i])
+        errmsg[0] = 0
+        _fb_point(&iov[2 * n], _FB_ERRMSG)
+        iov[2 * n + 1].iov_base = errmsg
+        iov[2 * n + 1].iov_len = sizeof(errmsg)
+        rc = js_fb_jail_get(iov, <unsigned int>(2 * n + 2), flags)
+        err = errno
+        lens = [iov[2 * i + 1].iov_len for i in range(n)]
+    finally:
+        PyMem_Free(iov)
+    if rc < 0:
+        _fb_raise("jail_get", err, errmsg)
+    return rc, [bytes(bufs[i][:lens[i]]) for i in range(n)]
+
+
+def jail_getid(name) -> int:
+    """A jail's jid from its name, as libjail's jail_getid (§4.3): all digits are a jid."""
+    _fb_only("jail_getid")
+    cdef bytes c_name = _fb_cstring(name, "jail name")
+    if c_name.isdigit():
+        return int(c_name)
+    jid, _ = jail_get([(b"name\0", c_name + b"\0")], 0)
+    return jid
+
+
+def jail_attach(int jid) -> None:
+    """jail_attach(2), then chdir("/") (§4.1).  A missing or dying jail is EINVAL (§11.15)."""
+    _fb_only("jail_attach")
+    cdef int err
+    if js_fb_jail_attach(jid) < 0:
+        err = errno
+        _fb_raise(f"jail_attach({jid})", err, b"")
+    _fb_chdir_root("jail_attach")
+
+
+def jail_remove(int jid) -> None:
+    """jail_remove(2): clear persist, SIGKILL every process, let the jail die (§4.2)."""
+    _fb_only("jail_remove")
+    cdef int err
+    if js_fb_jail_remove(jid) < 0:
+        err = errno
+        _fb_raise(f"jail_remove({jid})", err, b"")
+
+
+def sysctl_oidfmt(name):
+    """(kind word, format) of a sysctl by name, or None when there is no such name (§2.7)."""
+    _fb_only("sysctl_oidfmt")
+    cdef bytes c_name = _fb_cstring(name, "sysctl name")
+    cdef unsigned int kind = 0
+    cdef char fmt[256]
+    cdef int err
+    if js_fb_oidfmt(c_name, &kind, fmt, sizeof(fmt)) < 0:
+        err = errno
+        if err == ENOENT:                               # no such name: an unknown parameter
+            return None
+        _fb_raise(f"sysctl oidfmt {name}", err, b"")
+    return kind, fmt.decode("ascii", "replace")
+
+
+def sysctl_read(name, size_t size):
+    """The raw value of a sysctl (at most size bytes), or None when there is no such name."""
+    _fb_only("sysctl_read")
+    cdef bytes c_name = _fb_cstring(name, "sysctl name")
+    cdef bytearray buf = bytearray(size)
+    cdef size_t length = size
+    cdef int err
+    if js_fb_sysctl_read(c_name, <char *>buf, &length) < 0:
+        err = errno
+        if err == ENOENT:
+            return None
+        _fb_raise(f"sysctl {name}", err, b"")
+    return bytes(buf[:length])
+
 # (section 2 end)
 
 
