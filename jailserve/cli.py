@@ -51,7 +51,7 @@ def show_config(config) -> str:
 def check_report(config, plan) -> str:
     out = ["options (value  <- where it came from):"]
     for entry in config.entries:
-        if entry.option.immediate:
+        if entry.option.immediate or entry.option.group == "config language":
             continue
         spelled = f" (as '{entry.spelled}')" if entry.spelled and entry.spelled != entry.name else ""
         out.append(f"  {entry.name} = {entry.raw}  <- {entry.origin}{spelled}")

@@ -46,7 +46,7 @@ def parse_bool(text: str) -> bool:
     raise ValueProblem(f"'{text}' is not a boolean (allowed: true/false, yes/no, on/off, 1/0, or empty for true)")
 
 
-def parse_int(text: str, minimum: int = 0, maximum: int = 2**63 - 1) -> int:
+def parse_int(text: str, minimum: int = 0, maximum: int = 2**31 - 1) -> int:
     """Base-10 integer, the whole string.  No value means 1, as uWSGI's uwsgi_opt_set_int."""
     word = text.strip()
     if word == "":

@@ -54,9 +54,8 @@ class Plan:
         for spec in self.sockets:
             if not getattr(spec, "shared", False):
                 steps.append(f"bind {spec.describe()}")
-        where = "in each worker (lazy-apps)" if cfg.get("lazy-apps") or cfg.get("lazy") else "in the master"
         hook_steps("pre-app")
-        steps.append(f"load app {self.app.describe()} {where}")
+        steps.append(f"load {self.app.describe()}")
         hook_steps("post-app")
         workers = cfg.get("processes")
         steps.append(f"fork {workers} worker{'s' if workers != 1 else ''}"
