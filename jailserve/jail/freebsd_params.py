@@ -157,14 +157,23 @@ def lookup(key: str, probe: Probe | None = None) -> tuple[Param, bool]:
     """
     param = TABLE.get(key) or (probe(key) if probe else None)
     if param is not None:
+        _check_present(param, probe)
         return param, False
     stem = stem_of_noname(key)
     if stem is not None:
         param = TABLE.get(stem) or (probe(stem) if probe else None)
         if param is not None and param.kind == BOOL:
+            _check_present(param, probe)
             return param, True
     where = "FreeBSD's security.jail.param sysctls" if probe else "jailserve's parameter table"
     raise ParamError(f"unknown jail parameter '{key}' (not in {where}; FREEBSD_JAILS §2.4)")
+
+
+def _check_present(param: Param, probe: Probe | None) -> None:
+    """§2.4, §11.24: allow.mount.<fs>, sysv*, linux exist only while their module is loaded."""
+    if param.dynamic and probe is not None and param.name in TABLE and probe(param.name) is None:
+        raise ParamError(f"jail parameter '{param.name}' is not in this kernel (its file system or "
+                         f"module is not loaded; FREEBSD_JAILS §2.4, §11.24)")
 
 
 def check_settable(param: Param) -> None:

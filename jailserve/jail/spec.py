@@ -69,6 +69,7 @@ class JailSpec:
     or None (only jail-attach).  root/hostname/name/ip4/ip6 describe the jail being made,
     from whichever option made it.  The fields after `params` are derived for the Linux
     mapping, with FreeBSD's defaults (FREEBSD_JAILS §1.2, §2.4) when a key is absent.
+    param_kinds: canonical key -> freebsd_params kind, for the FreeBSD encoding.
     """
 
     source: str | None
@@ -82,6 +83,7 @@ class JailSpec:
     jidfile: str | None = None
     platform: str = LINUX
     origin: Origin | None = None
+    reload: bool = False            # config.is_reload: already inside, nothing is jailed again
     ip4_mode: str = "disable"
     ip6_mode: str = "disable"
     vnet: bool = False
@@ -270,6 +272,7 @@ def _assemble(config, platform, base, params, kinds) -> JailSpec:
         attach=_attach(config),
         jidfile=config.get("jidfile") if config.has("jidfile") else None,
         platform=platform,
+        reload=bool(getattr(config, "is_reload", False)),
         param_kinds=kinds,
         **{"source": None, "root": None, "hostname": None, "name": None, **fields},
     )
