@@ -401,6 +401,306 @@ def sysctl_read(name, size_t size):
 
 # ---------------------------------------------------------------------------------------
 # 3. Linux namespaces
+#
+# Thin wrappers: each raises OSError(errno) on failure.  Python 3.11 has no os.unshare /
+# os.setns, and nothing at all for pivot_root, mount, prctl capabilities or mount_setattr.
+# supervise() is the loop of the keeper and of the jail's init, in C so that those
+# processes touch (and so un-share) almost none of the interpreter's pages after the fork.
+# On FreeBSD every name exists and fails with ENOSYS (the FreeBSD backend never calls them).
+
+from libc.stdint cimport uint64_t
+
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <sched.h>
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <stdint.h>
+    #include <string.h>
+    #include <signal.h>
+    #include <poll.h>
+    #include <dirent.h>
+    #include <stdlib.h>
+    #include <unistd.h>
+    #include <sys/mount.h>
+    #include <sys/prctl.h>
+    #include <sys/signalfd.h>
+    #include <sys/syscall.h>
+    #include <sys/wait.h>
+    #include <linux/capability.h>
+
+    #define JS_HAVE_LINUX_NS 1
+    #ifndef SYS_mount_setattr
+    #define SYS_mount_setattr 442
+    #endif
+    #ifndef SYS_pidfd_open
+    #define SYS_pidfd_open 434
+    #endif
+    #ifndef AT_RECURSIVE
+    #define AT_RECURSIVE 0x8000
+    #endif
+    #ifndef PR_CAP_AMBIENT
+    #define PR_CAP_AMBIENT 47
+    #define PR_CAP_AMBIENT_CLEAR_ALL 4
+    #endif
+
+    struct js_ns_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+
+    static int js_ns_unshare(int flags) { return unshare(flags); }
+    static int js_ns_setns(int fd, int nstype) { return setns(fd, nstype); }
+    static int js_ns_pivot_root(const char *n, const char *o) { return (int)syscall(SYS_pivot_root, n, o); }
+    static int js_ns_mount(const char *src, const char *tgt, const char *fs, unsigned long fl, const char *data) {
+        return mount(src, tgt, fs, fl, data);
+    }
+    static int js_ns_umount2(const char *tgt, int fl) { return umount2(tgt, fl); }
+    static int js_ns_mount_setattr(const char *path, unsigned int flags, uint64_t set, uint64_t clr) {
+        struct js_ns_mount_attr a = {set, clr, 0, 0};
+        return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, flags, &a, sizeof a);
+    }
+    static int js_ns_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
+    static int js_ns_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+    static int js_ns_capbset_read(int cap) { return prctl(PR_CAPBSET_READ, cap, 0, 0, 0); }
+
+    /* Keep only the capabilities in `keep` (bit n = capability n): the bounding set limits
+       what any later execve can give back (a root exec gets the bounding set), capset takes
+       them from this process now, and the ambient set is emptied.  All three are needed:
+       dropping the bounding set alone leaves a running root with every capability. */
+    static int js_ns_limit_caps(uint64_t keep) {
+        int cap;
+        for (cap = 0; cap < 64; cap++) {
+            int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+            if (r < 0) break;               /* EINVAL: past the kernel's last capability */
+            if (r == 1 && !(keep >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) return -1;
+        }
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0) return -1;
+        struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+        struct __user_cap_data_struct data[2];
+        if (syscall(SYS_capget, &hdr, data) < 0) return -1;
+        for (int i = 0; i < 2; i++) {
+            uint32_t k = (uint32_t)(keep >> (32 * i));
+            data[i].effective &= k; data[i].permitted &= k; data[i].inheritable &= k;
+        }
+        return (int)syscall(SYS_capset, &hdr, data);
+    }
+
+    static const int js_ns_relayed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    #define JS_NS_NRELAYED (int)(sizeof js_ns_relayed / sizeof js_ns_relayed[0])
+    static void js_ns_noop(int sig) { (void)sig; }
+
+    static int js_ns_code(int st) {
+        if (WIFEXITED(st)) return WEXITSTATUS(st);
+        if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+        return 1;
+    }
+
+    /* pidfds of the pid namespace's processes other than ourselves (an init with no child
+       left still has members that jail-attach put there; it must wait for them too). */
+    static int js_ns_members(int *fds, int max) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        int n = 0;
+        if (!d) return 0;
+        while (n < max && (e = readdir(d))) {
+            char *end;
+            long pid = strtol(e->d_name, &end, 10);
+            if (*end || pid <= 1) continue;
+            int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+            if (fd >= 0) fds[n++] = fd;
+        }
+        closedir(d);
+        return n;
+    }
+
+    /* mode 0: keeper (return the status of `child` once it is reaped);
+       mode 1: init (reap everything; return when no process is left but us);
+       mode 2: persistent init (reap everything; return only on TERM/INT/QUIT once the
+       master is gone).  Relayed signals go to `child` while it lives; an init whose
+       master is gone passes them to every member (kill(-1)).  A signal the kernel sent to a
+       whole process group (si_code SI_KERNEL: the terminal's ^C) has reached the child
+       already and is not sent twice. */
+    static int js_ns_supervise(pid_t child, int mode) {
+        sigset_t set;
+        struct sigaction sa;
+        int i, status = 0, alive = 1, fds[65], nfds = 0;
+        sigemptyset(&set);
+        sigaddset(&set, SIGCHLD);
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = js_ns_noop;      /* pid 1 drops signals left at SIG_DFL, even blocked ones */
+        for (i = 0; i < JS_NS_NRELAYED; i++) { sigaddset(&set, js_ns_relayed[i]); sigaction(js_ns_relayed[i], &sa, NULL); }
+        sigaction(SIGCHLD, &sa, NULL);
+        if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -1;
+        fds[0] = signalfd(-1, &set, SFD_CLOEXEC);
+        if (fds[0] < 0) return -1;
+        for (;;) {
+            int st, left = 1;
+            pid_t p;
+            while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (p == child) { status = js_ns_code(st); alive = 0; }
+            }
+            if (p < 0) left = 0;          /* ECHILD: no child at all, not even a zombie */
+            if (mode == 0 && !alive) break;
+            for (i = 1; i <= nfds; i++) close(fds[i]);
+            nfds = 0;
+            if (mode == 1 && !left) {
+                nfds = js_ns_members(fds + 1, 64);
+                if (nfds == 0) break;
+            }
+            struct pollfd pf[65];
+            for (i = 0; i <= nfds; i++) { pf[i].fd = fds[i]; pf[i].events = POLLIN; pf[i].revents = 0; }
+            if (poll(pf, nfds + 1, -1) < 0 && errno != EINTR) return -1;
+            if (!(pf[0].revents & POLLIN)) continue;       /* a member exited: look again */
+            struct signalfd_siginfo si;
+            if (read(fds[0], &si, sizeof si) != sizeof si) continue;
+            int sig = (int)si.ssi_signo;
+            if (sig == SIGCHLD || si.ssi_code == SI_KERNEL) continue;
+            if (alive) kill(child, sig);
+            else if (mode == 2 && (sig == SIGTERM || sig == SIGINT || sig == SIGQUIT)) break;
+            else if (mode != 0) kill(-1, sig);
+        }
+        for (i = 0; i <= nfds; i++) close(fds[i]);
+        return status;
+    }
+    #else
+    #include <errno.h>
+    #define JS_HAVE_LINUX_NS 0
+    #define CLONE_NEWNS 0
+    #define CLONE_NEWUTS 0
+    #define CLONE_NEWIPC 0
+    #define CLONE_NEWPID 0
+    #define CLONE_NEWNET 0
+    #define MS_RDONLY 0
+    #define MS_NOSUID 0
+    #define MS_NODEV 0
+    #define MS_NOEXEC 0
+    #define MS_REMOUNT 0
+    #define MS_BIND 0
+    #define MS_REC 0
+    #define MS_PRIVATE 0
+    #define MNT_DETACH 0
+    #define AT_RECURSIVE 0
+    static int js_ns_enosys(void) { errno = ENOSYS; return -1; }
+    static int js_ns_unshare(int f) { (void)f; return js_ns_enosys(); }
+    static int js_ns_setns(int fd, int t) { (void)fd; (void)t; return js_ns_enosys(); }
+    static int js_ns_pivot_root(const char *n, const char *o) { (void)n; (void)o; return js_ns_enosys(); }
+    static int js_ns_mount(const char *s, const char *t, const char *f, unsigned long fl, const char *d) {
+        (void)s; (void)t; (void)f; (void)fl; (void)d; return js_ns_enosys();
+    }
+    static int js_ns_umount2(const char *t, int f) { (void)t; (void)f; return js_ns_enosys(); }
+    static int js_ns_mount_setattr(const char *p, unsigned int f, uint64_t s, uint64_t c) {
+        (void)p; (void)f; (void)s; (void)c; return js_ns_enosys();
+    }
+    static int js_ns_set_pdeathsig(int s) { (void)s; return js_ns_enosys(); }
+    static int js_ns_set_no_new_privs(void) { return js_ns_enosys(); }
+    static int js_ns_capbset_read(int c) { (void)c; return js_ns_enosys(); }
+    static int js_ns_limit_caps(uint64_t k) { (void)k; return js_ns_enosys(); }
+    static int js_ns_supervise(pid_t c, int m) { (void)c; (void)m; return js_ns_enosys(); }
+    #endif
+    """
+    int JS_HAVE_LINUX_NS
+    int CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET
+    unsigned long MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE
+    int MNT_DETACH
+    unsigned int AT_RECURSIVE
+    int js_ns_unshare(int flags)
+    int js_ns_setns(int fd, int nstype)
+    int js_ns_pivot_root(const char *new_root, const char *put_old)
+    int js_ns_mount(const char *src, const char *tgt, const char *fstype, unsigned long flags, const char *data)
+    int js_ns_umount2(const char *tgt, int flags)
+    int js_ns_mount_setattr(const char *path, unsigned int flags, uint64_t attr_set, uint64_t attr_clr)
+    int js_ns_set_pdeathsig(int sig)
+    int js_ns_set_no_new_privs()
+    int js_ns_capbset_read(int cap)
+    int js_ns_limit_caps(uint64_t keep)
+    int js_ns_supervise(int child, int mode) nogil
+
+
+HAVE_LINUX_NS = bool(JS_HAVE_LINUX_NS)
+NS_CONSTANTS = {"CLONE_NEWNS": CLONE_NEWNS, "CLONE_NEWUTS": CLONE_NEWUTS, "CLONE_NEWIPC": CLONE_NEWIPC,
+                "CLONE_NEWPID": CLONE_NEWPID, "CLONE_NEWNET": CLONE_NEWNET}
+MOUNT_FLAGS = {"MS_RDONLY": MS_RDONLY, "MS_NOSUID": MS_NOSUID, "MS_NODEV": MS_NODEV, "MS_NOEXEC": MS_NOEXEC,
+               "MS_REMOUNT": MS_REMOUNT, "MS_BIND": MS_BIND, "MS_REC": MS_REC, "MS_PRIVATE": MS_PRIVATE,
+               "MNT_DETACH": MNT_DETACH, "AT_RECURSIVE": AT_RECURSIVE}
+# mount_setattr(2) attribute bits (linux/mount.h), the same on every architecture
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
+
+cdef bytes _ns_path(object p):
+    return None if p is None else (p.encode() if isinstance(p, str) else bytes(p))
+
+
+def unshare(int flags):
+    if js_ns_unshare(flags) < 0:
+        raise_errno("unshare")
+
+
+def setns(int fd, int nstype):
+    if js_ns_setns(fd, nstype) < 0:
+        raise_errno("setns")
+
+
+def pivot_root(new_root, put_old):
+    cdef bytes n = _ns_path(new_root), o = _ns_path(put_old)
+    if js_ns_pivot_root(n, o) < 0:
+        raise_errno(f"pivot_root {new_root}")
+
+
+def mount(source, target, fstype, unsigned long flags, data=None):
+    cdef bytes s = _ns_path(source), t = _ns_path(target), f = _ns_path(fstype), d = _ns_path(data)
+    if js_ns_mount(<const char *>s if s is not None else NULL, t,
+                <const char *>f if f is not None else NULL, flags,
+                <const char *>d if d is not None else NULL) < 0:
+        raise_errno(f"mount {fstype or ''} {source or ''} on {target}")
+
+
+def umount2(target, int flags):
+    cdef bytes t = _ns_path(target)
+    if js_ns_umount2(t, flags) < 0:
+        raise_errno(f"umount {target}")
+
+
+def mount_setattr(path, unsigned int flags, uint64_t attr_set, uint64_t attr_clr=0):
+    cdef bytes p = _ns_path(path)
+    if js_ns_mount_setattr(p, flags, attr_set, attr_clr) < 0:
+        raise_errno(f"mount_setattr {path}")
+
+
+def set_pdeathsig(int sig):
+    if js_ns_set_pdeathsig(sig) < 0:
+        raise_errno("prctl(PR_SET_PDEATHSIG)")
+
+
+def set_no_new_privs():
+    if js_ns_set_no_new_privs() < 0:
+        raise_errno("prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def capbset_has(int cap):
+    """Whether capability `cap` is in this process's bounding set."""
+    cdef int r = js_ns_capbset_read(cap)
+    if r < 0:
+        raise_errno("prctl(PR_CAPBSET_READ)")
+    return r == 1
+
+
+def limit_caps(uint64_t keep):
+    """Keep only the capabilities whose bits are set in `keep`: bounding, permitted,
+    effective and inheritable sets; the ambient set is cleared."""
+    if js_ns_limit_caps(keep) < 0:
+        raise_errno("limit capabilities")
+
+
+def supervise(int child, int mode):
+    """Relay signals and reap (see js_ns_supervise); returns an exit status.  mode 0 keeper,
+    1 init, 2 persistent init.  Leaves the relayed signals blocked."""
+    cdef int r
+    with nogil:
+        r = js_ns_supervise(child, mode)
+    if r < 0:
+        raise_errno("supervise")
+    return r
 # (section 3 end)
 
 
