@@ -706,4 +706,481 @@ def supervise(int child, int mode):
 
 # ---------------------------------------------------------------------------------------
 # 4. semaphores
+#
+# SysV sets (lock-engine = ipcsem) and POSIX semaphores (posixsem); FREEBSD_JAILS.md §5.
+# What differs between the OSes comes from the system headers through the C compiler, never
+# from numbers written here: the semctl commands (GETVAL is 12 on Linux, 5 on FreeBSD),
+# key_t's width (int on Linux, long on FreeBSD LP64), MAP_ANON's spelling, union semun
+# (declared by neither libc: the caller must).  Waits that can block release the GIL; on
+# EINTR Python's signal handlers run (an exception they raise propagates), then the wait
+# is retried.  Every wait first tries without blocking, so an uncontended lock costs one
+# call and no GIL round trip.
+
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT
+from posix.time cimport timespec
+from posix.types cimport pid_t
+from posix.unistd cimport getpid
+
+import os as _sem_os
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <semaphore.h>
+    #include <string.h>
+    #include <time.h>
+    #include <unistd.h>
+    #include <sys/types.h>
+    #include <sys/ipc.h>
+    #include <sys/mman.h>
+    #include <sys/sem.h>
+    #if defined(__FreeBSD__)
+    #define JS_MAP_ANON MAP_ANON
+    #define JS_IPC_PERM_KEY(perm) ((perm).key)
+    #elif defined(__linux__)
+    #define JS_MAP_ANON MAP_ANONYMOUS
+    #define JS_IPC_PERM_KEY(perm) ((perm).__key)
+    #else
+    #error "jailserve._jail semaphores: FreeBSD and Linux only"
+    #endif
+
+    /* semctl(2)'s fourth argument, passed by value.  Neither glibc nor FreeBSD (without
+       _WANT_SEMUN) declares it; ours has its own name so it never clashes with one that does. */
+    union js_semun { int val; struct semid_ds *buf; unsigned short *array; };
+
+    typedef struct {
+        long uid, gid, cuid, cgid, mode, nsems;
+        long long key, otime, ctime;
+    } js_semstat;
+
+    /* One operation on one semaphore: 0 or the errno. */
+    static int js_semop1(int semid, int num, int op, int flags) {
+        struct sembuf b;
+        b.sem_num = (unsigned short)num;
+        b.sem_op = (short)op;
+        b.sem_flg = (short)flags;
+        return semop(semid, &b, 1) < 0 ? errno : 0;
+    }
+
+    /* The semctl commands whose argument is an int (GETVAL, SETVAL, GETPID, GETNCNT,
+       GETZCNT, IPC_RMID): the result, or -1 with errno. */
+    static int js_semctl_int(int semid, int num, int cmd, int val) {
+        union js_semun arg;
+        arg.val = val;
+        return semctl(semid, num, cmd, arg);
+    }
+
+    static int js_sem_stat(int semid, js_semstat *out) {
+        struct semid_ds ds;
+        union js_semun arg;
+        memset(out, 0, sizeof *out);
+        arg.buf = &ds;
+        if (semctl(semid, 0, IPC_STAT, arg) < 0)
+            return -1;
+        out->uid = (long)ds.sem_perm.uid;
+        out->gid = (long)ds.sem_perm.gid;
+        out->cuid = (long)ds.sem_perm.cuid;
+        out->cgid = (long)ds.sem_perm.cgid;
+        out->mode = (long)(ds.sem_perm.mode & 0777);
+        out->nsems = (long)ds.sem_nsems;
+        out->key = (long long)JS_IPC_PERM_KEY(ds.sem_perm);
+        out->otime = (long long)ds.sem_otime;
+        out->ctime = (long long)ds.sem_ctime;
+        return 0;
+    }
+
+    /* IPC_SET changes uid, gid and mode together: read the set first so the mode stays.
+       uid or gid -1 keeps that one. */
+    static int js_sem_set_owner(int semid, long uid, long gid) {
+        struct semid_ds ds;
+        union js_semun arg;
+        arg.buf = &ds;
+        if (semctl(semid, 0, IPC_STAT, arg) < 0)
+            return -1;
+        if (uid >= 0)
+            ds.sem_perm.uid = (uid_t)uid;
+        if (gid >= 0)
+            ds.sem_perm.gid = (gid_t)gid;
+        return semctl(semid, 0, IPC_SET, arg);
+    }
+
+    /* sem_open is variadic: give the optional arguments their declared types. */
+    static sem_t *js_sem_open(const char *name, int oflag, unsigned int mode, unsigned int value) {
+        sem_t *s = sem_open(name, oflag, (mode_t)mode, value);
+        return s == SEM_FAILED ? NULL : s;
+    }
+
+    static int js_deadline(double seconds, struct timespec *out) {
+        /* sem_timedwait takes an absolute CLOCK_REALTIME time on both systems. */
+        long long ns;
+        if (clock_gettime(CLOCK_REALTIME, out) < 0)
+            return errno;
+        ns = (long long)out->tv_nsec + (long long)((seconds - (double)(long long)seconds) * 1e9);
+        out->tv_sec += (time_t)seconds + (time_t)(ns / 1000000000LL);
+        out->tv_nsec = (long)(ns % 1000000000LL);
+        return 0;
+    }
+
+    enum { JS_SEM_BLOCK = 0, JS_SEM_TRY = 1, JS_SEM_TIMED = 2 };
+
+    /* One attempt: 0 when taken, else the errno (EAGAIN busy, ETIMEDOUT, EINTR...).  When
+       `holder` is given the caller's pid is stored there at once: a SIGKILL landing between
+       the two statements leaves a held lock nobody owns (docs/locks.md). */
+    static int js_sem_take(sem_t *s, pid_t *holder, int mode, const struct timespec *deadline) {
+        int rc = mode == JS_SEM_TRY ? sem_trywait(s)
+               : mode == JS_SEM_TIMED ? sem_timedwait(s, deadline) : sem_wait(s);
+        if (rc < 0)
+            return errno;
+        if (holder != NULL)
+            __atomic_store_n(holder, getpid(), __ATOMIC_RELEASE);
+        return 0;
+    }
+
+    /* One lock of a shared array: the semaphore and the pid of the process holding it.
+       POSIX semaphores have no SEM_UNDO, so this word is how the master finds, and
+       releases, a lock whose holder died. */
+    typedef struct { sem_t sem; pid_t holder; } js_semslot;
+
+    static js_semslot *js_slots_map(size_t n) {
+        void *p = mmap(NULL, n * sizeof(js_semslot), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | JS_MAP_ANON, -1, 0);
+        return p == MAP_FAILED ? NULL : (js_semslot *)p;
+    }
+
+    static int js_slots_unmap(js_semslot *p, size_t n) {
+        return munmap((void *)p, n * sizeof(js_semslot)) < 0 ? errno : 0;
+    }
+
+    static int js_slot_init(js_semslot *s, unsigned int value) {
+        s->holder = 0;
+        return sem_init(&s->sem, 1, value) < 0 ? errno : 0;
+    }
+
+    /* Post only if `pid` holds the slot.  The holder word is cleared by compare-and-swap
+       before the post, so of two releasers (the holder itself and the master recovering it
+       after the holder died) exactly one posts.  1 posted, 0 not held by pid, -errno. */
+    static int js_slot_post(js_semslot *s, pid_t pid) {
+        pid_t expected = pid;
+        if (!__atomic_compare_exchange_n(&s->holder, &expected, 0, 0,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 0;
+        return sem_post(&s->sem) < 0 ? -errno : 1;
+    }
+
+    static pid_t js_slot_holder(js_semslot *s) {
+        return __atomic_load_n(&s->holder, __ATOMIC_ACQUIRE);
+    }
+    """
+    ctypedef long key_t           # the real width is the header's (the C compiler's)
+    ctypedef struct sem_t:
+        pass
+    ctypedef struct js_semslot:
+        sem_t sem
+        pid_t holder
+    ctypedef struct js_semstat:
+        long uid
+        long gid
+        long cuid
+        long cgid
+        long mode
+        long nsems
+        long long key
+        long long otime
+        long long ctime
+
+    key_t c_IPC_PRIVATE "IPC_PRIVATE"
+    int c_IPC_CREAT "IPC_CREAT"
+    int c_IPC_EXCL "IPC_EXCL"
+    int c_IPC_NOWAIT "IPC_NOWAIT"
+    int c_IPC_RMID "IPC_RMID"
+    int c_IPC_SET "IPC_SET"
+    int c_IPC_STAT "IPC_STAT"
+    int c_SEM_UNDO "SEM_UNDO"
+    int c_GETVAL "GETVAL"
+    int c_SETVAL "SETVAL"
+    int c_GETPID "GETPID"
+    int c_GETNCNT "GETNCNT"
+    int c_GETZCNT "GETZCNT"
+    int c_O_CREAT "O_CREAT"
+    int c_O_EXCL "O_EXCL"
+    int JS_SEM_BLOCK
+    int JS_SEM_TRY
+    int JS_SEM_TIMED
+
+    key_t c_ftok "ftok"(const char *path, int proj_id)
+    int c_semget "semget"(key_t key, int nsems, int flags)
+    int js_semop1(int semid, int num, int op, int flags) nogil
+    int js_semctl_int(int semid, int num, int cmd, int val)
+    int js_sem_stat(int semid, js_semstat *out)
+    int js_sem_set_owner(int semid, long uid, long gid)
+
+    sem_t *js_sem_open(const char *name, int oflag, unsigned int mode, unsigned int value)
+    int c_sem_close "sem_close"(sem_t *sem)
+    int c_sem_unlink "sem_unlink"(const char *name)
+    int c_sem_post "sem_post"(sem_t *sem)
+    int c_sem_getvalue "sem_getvalue"(sem_t *sem, int *value)
+    int c_sem_destroy "sem_destroy"(sem_t *sem)
+    int js_deadline(double seconds, timespec *out)
+    int js_sem_take(sem_t *s, pid_t *holder, int mode, const timespec *deadline) nogil
+
+    js_semslot *js_slots_map(size_t n)
+    int js_slots_unmap(js_semslot *p, size_t n)
+    int js_slot_init(js_semslot *s, unsigned int value)
+    int js_slot_post(js_semslot *s, pid_t pid)
+    pid_t js_slot_holder(js_semslot *s)
+
+
+IPC_PRIVATE = c_IPC_PRIVATE
+IPC_CREAT = c_IPC_CREAT
+IPC_EXCL = c_IPC_EXCL
+IPC_NOWAIT = c_IPC_NOWAIT
+IPC_RMID = c_IPC_RMID
+IPC_SET = c_IPC_SET
+IPC_STAT = c_IPC_STAT
+SEM_UNDO = c_SEM_UNDO
+GETVAL = c_GETVAL
+SETVAL = c_SETVAL
+GETPID = c_GETPID
+GETNCNT = c_GETNCNT
+GETZCNT = c_GETZCNT
+KEY_T_SIZE = sizeof(key_t)
+
+# semctl commands whose argument (if any) is an int; the others take buffers and have their
+# own functions (sem_stat, sem_set_owner) or are not needed.
+_SEMCTL_INT_COMMANDS = frozenset({c_GETVAL, c_SETVAL, c_GETPID, c_GETNCNT, c_GETZCNT, c_IPC_RMID})
+
+
+cdef int _raise_err(int err, str what) except -1:
+    raise OSError(err, f"{what}: {strerror(err).decode()}")
+
+
+# --- SysV ---------------------------------------------------------------------------
+
+def ftok(path, int proj_id) -> int:
+    """ftok(3): the SysV key for (path's inode and device, the low 8 bits of proj_id)."""
+    cdef bytes raw = _sem_os.fsencode(path)
+    cdef key_t key = c_ftok(raw, proj_id)
+    if key == -1:
+        raise_errno(f"ftok({path!r}, {proj_id})")
+    return key
+
+
+def semget(key_t key, int nsems, int flags) -> int:
+    """semget(2): the id of the set for `key` (IPC_PRIVATE: a new one); flags include the mode."""
+    cdef int semid = c_semget(key, nsems, flags)
+    if semid < 0:
+        raise_errno(f"semget(key={key}, nsems={nsems})")
+    return semid
+
+
+def semop(int semid, int semnum, int op, int flags=0) -> bool:
+    """semop(2) with one operation.  True when done; False only when IPC_NOWAIT is in flags
+    and the operation would block.  A blocking wait releases the GIL."""
+    # Try without blocking first: an uncontended lock needs no GIL round trip.
+    cdef int err = js_semop1(semid, semnum, op, flags | c_IPC_NOWAIT)
+    while err != 0:
+        if err == EAGAIN:
+            if flags & c_IPC_NOWAIT:
+                return False
+        elif err == EINTR:
+            PyErr_CheckSignals()
+        else:
+            _raise_err(err, f"semop(semid={semid}, sem={semnum}, op={op})")
+        with nogil:
+            err = js_semop1(semid, semnum, op, flags)
+    return True
+
+
+def semctl(int semid, int semnum, int cmd, int value=0) -> int:
+    """semctl(2) for GETVAL, SETVAL, GETPID, GETNCNT, GETZCNT and IPC_RMID (int argument)."""
+    if cmd not in _SEMCTL_INT_COMMANDS:
+        raise ValueError(f"semctl command {cmd} takes a buffer; use sem_stat or sem_set_owner")
+    cdef int rc = js_semctl_int(semid, semnum, cmd, value)
+    if rc < 0:
+        raise_errno(f"semctl(semid={semid}, sem={semnum}, cmd={cmd})")
+    return rc
+
+
+def sem_stat(int semid) -> dict:
+    """IPC_STAT of a set: uid, gid, cuid, cgid, mode (permission bits), nsems, key, otime, ctime."""
+    cdef js_semstat st
+    if js_sem_stat(semid, &st) < 0:
+        raise_errno(f"semctl(semid={semid}, IPC_STAT)")
+    return {"uid": st.uid, "gid": st.gid, "cuid": st.cuid, "cgid": st.cgid, "mode": st.mode,
+            "nsems": st.nsems, "key": st.key, "otime": st.otime, "ctime": st.ctime}
+
+
+def sem_set_owner(int semid, long uid=-1, long gid=-1) -> None:
+    """IPC_SET the owner of a set (-1 keeps one), keeping its mode: uWSGI gives its sets to
+    uid/gid this way before dropping root."""
+    if js_sem_set_owner(semid, uid, gid) < 0:
+        raise_errno(f"semctl(semid={semid}, IPC_SET uid={uid} gid={gid})")
+
+
+# --- POSIX --------------------------------------------------------------------------
+
+cdef int _sem_acquire(sem_t *sem, pid_t *holder, object timeout) except -1:
+    """1 when taken; 0 when not (timeout 0: busy; timeout > 0: timed out); None waits."""
+    cdef timespec deadline
+    cdef int mode = JS_SEM_BLOCK
+    cdef int err
+    if timeout is not None:
+        mode = JS_SEM_TRY if timeout <= 0 else JS_SEM_TIMED
+        if mode == JS_SEM_TIMED:
+            err = js_deadline(<double>timeout, &deadline)
+            if err:
+                _raise_err(err, "clock_gettime")
+    err = js_sem_take(sem, holder, JS_SEM_TRY, NULL)
+    while err != 0:
+        if err == ETIMEDOUT or (err == EAGAIN and mode == JS_SEM_TRY):
+            return 0
+        if err == EINTR:
+            PyErr_CheckSignals()
+        elif err != EAGAIN:
+            _raise_err(err, "sem_wait")
+        with nogil:
+            err = js_sem_take(sem, holder, mode, &deadline)
+    return 1
+
+
+cdef class NamedSemaphore:
+    """sem_open(3).  The name starts with '/'.  Linux keeps it as /dev/shm/sem.NAME, FreeBSD 9+
+    as a file /tmp/SEMD<NAME> (so a jail needs a writable /tmp); sem_unlink() removes it."""
+
+    cdef sem_t *sem
+    cdef readonly str name
+
+    def __cinit__(self, str name, int oflag=c_O_CREAT, unsigned int mode=0o600, unsigned int value=1):
+        cdef bytes raw = _sem_os.fsencode(name)
+        self.name = name
+        self.sem = js_sem_open(raw, oflag, mode, value)
+        if self.sem == NULL:
+            raise_errno(f"sem_open({name!r})")
+
+    cdef sem_t *_open(self) except NULL:
+        if self.sem == NULL:
+            raise ValueError(f"semaphore {self.name!r} is closed")
+        return self.sem
+
+    def wait(self, timeout=None) -> bool:
+        """sem_wait (None), sem_trywait (0) or sem_timedwait (seconds): True when taken."""
+        return _sem_acquire(self._open(), NULL, timeout) == 1
+
+    def trywait(self) -> bool:
+        return _sem_acquire(self._open(), NULL, 0) == 1
+
+    def post(self) -> None:
+        if c_sem_post(self._open()) < 0:
+            raise_errno(f"sem_post({self.name!r})")
+
+    def value(self) -> int:
+        cdef int v
+        if c_sem_getvalue(self._open(), &v) < 0:
+            raise_errno(f"sem_getvalue({self.name!r})")
+        return v
+
+    def close(self) -> None:
+        """sem_close: this process's handle only; the name stays until sem_unlink."""
+        if self.sem != NULL:
+            c_sem_close(self.sem)
+            self.sem = NULL
+
+    def __dealloc__(self):
+        if self.sem != NULL:
+            c_sem_close(self.sem)
+
+
+def sem_unlink(str name) -> None:
+    if c_sem_unlink(_sem_os.fsencode(name)) < 0:
+        raise_errno(f"sem_unlink({name!r})")
+
+
+cdef class SharedSemaphores:
+    """`count` unnamed process-shared POSIX semaphores (sem_init, pshared=1), each beside the
+    pid of its holder, in one anonymous MAP_SHARED mapping.  Make it before fork(): every
+    child shares it, and the kernel frees it with the last process that maps it, so it
+    cannot outlive the instance (no name, nothing in /dev/shm or /tmp).
+
+    wait() stores the caller's pid as holder; post(i, pid) posts only if `pid` holds slot i
+    and clears the holder atomically first, so the holder and a master releasing the lock of
+    a dead holder can never both post."""
+
+    cdef js_semslot *slots
+    cdef readonly Py_ssize_t count
+    cdef readonly pid_t creator
+
+    def __cinit__(self, Py_ssize_t count, unsigned int value=1):
+        cdef Py_ssize_t i
+        cdef int err
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        self.slots = js_slots_map(<size_t>count)
+        if self.slots == NULL:
+            raise_errno(f"mmap(MAP_SHARED|MAP_ANON, {count} semaphores)")
+        self.count = count
+        self.creator = getpid()
+        for i in range(count):
+            err = js_slot_init(&self.slots[i], value)
+            if err:
+                js_slots_unmap(self.slots, <size_t>count)
+                self.slots = NULL
+                _raise_err(err, "sem_init(pshared=1)")
+
+    cdef js_semslot *_slot(self, Py_ssize_t i) except NULL:
+        if self.slots == NULL:
+            raise ValueError("the semaphores are closed")
+        if not 0 <= i < self.count:
+            raise IndexError(f"semaphore {i} out of range 0..{self.count - 1}")
+        return &self.slots[i]
+
+    def wait(self, Py_ssize_t i, timeout=None) -> bool:
+        """sem_wait (None), sem_trywait (0) or sem_timedwait (seconds): True when taken."""
+        cdef js_semslot *s = self._slot(i)
+        return _sem_acquire(&s.sem, &s.holder, timeout) == 1
+
+    def trywait(self, Py_ssize_t i) -> bool:
+        cdef js_semslot *s = self._slot(i)
+        return _sem_acquire(&s.sem, &s.holder, 0) == 1
+
+    def post(self, Py_ssize_t i, pid=None) -> bool:
+        """sem_post slot i if `pid` (default: this process) holds it; False, and nothing
+        posted, if it does not."""
+        cdef js_semslot *s = self._slot(i)
+        cdef pid_t who = getpid() if pid is None else pid
+        if who <= 0:
+            raise ValueError(f"not a holder pid: {who}")
+        cdef int rc = js_slot_post(s, who)
+        if rc < 0:
+            _raise_err(-rc, f"sem_post({i})")
+        return rc == 1
+
+    def holder(self, Py_ssize_t i) -> int:
+        """The pid that took slot i, 0 when free (or in the instant after it was taken)."""
+        return js_slot_holder(self._slot(i))
+
+    def value(self, Py_ssize_t i) -> int:
+        cdef int v
+        if c_sem_getvalue(&self._slot(i).sem, &v) < 0:
+            raise_errno(f"sem_getvalue({i})")
+        return v
+
+    def close(self) -> None:
+        """Unmap.  In the process that made them, sem_destroy them first (call it only once
+        no other process can be waiting: after the workers are gone)."""
+        cdef Py_ssize_t i
+        if self.slots == NULL:
+            return
+        if getpid() == self.creator:
+            for i in range(self.count):
+                c_sem_destroy(&self.slots[i].sem)
+        js_slots_unmap(self.slots, <size_t>self.count)
+        self.slots = NULL
+
+    def __dealloc__(self):
+        if self.slots != NULL:
+            js_slots_unmap(self.slots, <size_t>self.count)
+
+
 # (section 4 end)
