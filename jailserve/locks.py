@@ -1,0 +1,490 @@
+"""Locks shared by the processes of one instance (UWSGI_SEMANTICS §5, FREEBSD_JAILS §5).
+
+Two engines over `_jail`'s semaphores, both made by the master before it forks:
+
+- `posixsem` (default): unnamed process-shared POSIX semaphores in one anonymous shared
+  mapping.  Nothing has a name, so nothing can be left behind: the kernel frees the
+  mapping with the last process.  POSIX semaphores have no SEM_UNDO, so each one sits
+  beside the pid of its holder and the master, told that a worker died, releases what that
+  pid held (`release_dead`).
+- `ipcsem` (`lock-engine = ipcsem`): one SysV set of one semaphore per lock, operated with
+  SEM_UNDO so the kernel releases a dying holder's lock.  SysV sets outlive their creator,
+  so their ids are written to a registry file (docs/locks.md): `cleanup()` removes them at
+  every exit, and the next start removes what a killed master left.
+
+Locks: `locks = N` gives user locks 0..N; `thunder-lock` adds one more, taken around
+accept() (`accept_lock`/`accept_unlock`).  The module-level functions act on the lock set
+`setup()` made; the master and the `uwsgi` module call them.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import hashlib
+import json
+import mmap
+import os
+import tempfile
+
+from . import _jail, log, privileges
+from .errors import ConfigError
+from .options import LOCK_ENGINES
+
+DEFAULT_ENGINE = "posixsem"
+RUN_DIR = "/run/jailserve"            # registry: RUN_DIR/locks/<instance>.json
+SYSV_MODE = 0o600                     # uWSGI uses 0666; the sets are chowned to uid instead
+FTOK_MAX = 255                        # ftok uses the low 8 bits of its project id
+
+
+class LockError(Exception):
+    """The locks could not be made or used as configured; the instance must not go on."""
+
+
+# ---------------------------------------------------------------------------------------
+# plan: everything checked before anything is made
+
+
+class LockPlan:
+    """What `setup` makes, read from the config once (pure: no side effect)."""
+
+    def __init__(self, config):
+        self.engine = (config.get("lock-engine") or DEFAULT_ENGINE).strip()
+        self.user_locks = config.get("locks") + 1          # uWSGI: locks = N gives 0..N
+        self.thunder = bool(config.get("thunder-lock"))
+        self.ftok = config.get("ftok")
+        self.persistent = bool(config.get("persistent-ipcsem"))
+        self.drop = privileges.plan_drop(config)
+        self.instance = instance_id(config.argv)
+        self._origins = {name: config.origin(name) for name in ("lock-engine", "ftok", "locks")}
+        self._check()
+
+    @property
+    def total(self) -> int:
+        return self.user_locks + (1 if self.thunder else 0)
+
+    def error(self, option: str, message: str) -> ConfigError:
+        return ConfigError(message, self._origins.get(option), option)
+
+    def _check(self) -> None:
+        if self.engine not in LOCK_ENGINES:      # the option's own check already says this
+            raise self.error("lock-engine", f"'{self.engine}' is not a lock engine (allowed: {', '.join(LOCK_ENGINES)})")
+        if self.engine == "ipcsem" and self.ftok and self.total > FTOK_MAX:
+            raise self.error("locks", f"{self.total} locks with ftok: at most {FTOK_MAX} (ftok keys use 8 bits of the lock number)")
+
+
+def instance_id(argv: list[str]) -> str:
+    """Names this instance's registry file: the same argv (what a reload re-executes) gives
+    the same file, so a restarted or reloaded instance finds its own sets."""
+    text = "\0".join([os.getcwd(), *argv])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# engines: index -> acquire/release; the lock set adds numbering, thunder and cleanup
+
+
+class PosixSemEngine:
+    name = "posixsem"
+
+    def __init__(self, total: int):
+        self.sems = _jail.SharedSemaphores(total)
+
+    def acquire(self, i: int) -> None:
+        self.sems.wait(i)
+
+    def release(self, i: int) -> bool:
+        return self.sems.post(i)          # False when this process does not hold it
+
+    def is_locked(self, i: int) -> bool:
+        return self.sems.value(i) == 0
+
+    def holder(self, i: int) -> int:
+        return self.sems.holder(i)
+
+    def release_dead(self, i: int, pid: int) -> bool:
+        # No SEM_UNDO for POSIX semaphores: the master posts for the dead holder.  post()
+        # clears the holder word by compare-and-swap first, so this never double-posts.
+        return self.sems.post(i, pid)
+
+    def close(self, remove: bool) -> None:
+        self.sems.close()
+
+    def registry_sets(self) -> list[dict]:
+        return []                         # anonymous memory: nothing outlives the processes
+
+
+class IpcSemEngine:
+    """One SysV set of one semaphore per lock, SEM_UNDO on every operation (uWSGI's ipcsem).
+
+    Holder pids live in a small shared mapping too, written only by the process holding the
+    lock (so the lock itself guards them): they let unlock() refuse a lock this process does
+    not hold (an extra +1 would let two holders in) and let the master name a dead holder."""
+
+    name = "ipcsem"
+
+    def __init__(self, plan: LockPlan):
+        self.semids: list[int] = []
+        self.keyed = bool(plan.ftok)
+        self.persistent = plan.persistent
+        self._map = mmap.mmap(-1, 4 * plan.total)
+        self.holders = memoryview(self._map).cast("i")
+        try:
+            for i in range(plan.total):
+                self._make(plan, i)
+        except BaseException:
+            self.close(remove=True)
+            raise
+
+    def _make(self, plan: LockPlan, i: int) -> None:
+        if plan.ftok:
+            # uWSGI: ftok(path, n) with n = 1, 2, ...; IPC_CREAT without EXCL reuses a set
+            try:
+                key = _jail.ftok(plan.ftok, i + 1)
+            except OSError as e:
+                raise plan.error("ftok", f"ftok({plan.ftok!r}): {e.strerror}") from None
+            flags = _jail.IPC_CREAT | SYSV_MODE
+        else:
+            key, flags = _jail.IPC_PRIVATE, _jail.IPC_CREAT | _jail.IPC_EXCL | SYSV_MODE
+        try:
+            semid = _jail.semget(key, 1, flags)
+        except OSError as e:
+            raise sysv_error(e, plan) from None
+        self.semids.append(semid)         # kept before SETVAL: a failure still removes it
+        _jail.semctl(semid, 0, _jail.SETVAL, 1)
+
+    def acquire(self, i: int) -> None:
+        try:
+            _jail.semop(self.semids[i], 0, -1, _jail.SEM_UNDO)
+        except OSError as e:
+            if e.errno in (errno.EIDRM, errno.EINVAL):
+                raise LockError(f"lock {i}: its SysV set {self.semids[i]} was removed under us") from None
+            raise
+        self.holders[i] = os.getpid()
+
+    def release(self, i: int) -> bool:
+        if self.holders[i] != os.getpid():
+            return False
+        self.holders[i] = 0
+        _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
+        return True
+
+    def is_locked(self, i: int) -> bool:
+        return _jail.semctl(self.semids[i], 0, _jail.GETVAL) == 0
+
+    def holder(self, i: int) -> int:
+        return self.holders[i] if self.is_locked(i) else 0
+
+    def release_dead(self, i: int, pid: int) -> bool:
+        # The kernel undid the dead holder's -1 (SEM_UNDO) as it exited; only report it.
+        # The holder word is left to the next holder, who overwrites it under the lock.
+        return self.holders[i] == pid
+
+    def chown(self, uid: int | None, gid: int | None) -> None:
+        for semid in self.semids:
+            _jail.sem_set_owner(semid, -1 if uid is None else uid, -1 if gid is None else gid)
+
+    def registry_sets(self) -> list[dict]:
+        return [set_identity(semid) for semid in self.semids]
+
+    def close(self, remove: bool) -> list[int]:
+        """Remove the sets (unless persistent and keyed); returns the ids left in place."""
+        left = []
+        if remove:
+            for semid in self.semids:
+                if not remove_set(semid, check_alive=self.keyed):
+                    left.append(semid)
+        self.semids = left
+        self.holders.release()
+        self._map.close()
+        return left
+
+
+def sysv_error(e: OSError, plan: LockPlan) -> Exception:
+    if e.errno == errno.ENOSYS:
+        # FreeBSD: a jail without sysvsem=new/inherit (or allow.sysvipc) has no SysV IPC.
+        return plan.error("lock-engine", "SysV semaphores are not available here (semget: ENOSYS): "
+                          "in a FreeBSD jail allow them with jail2 = sysvsem=new (or allow.sysvipc), "
+                          "or use lock-engine = posixsem")
+    if e.errno == errno.ENOSPC:
+        return plan.error("lock-engine", "the kernel's SysV semaphore limit is reached (semget: ENOSPC; "
+                          "Linux kernel.sem, FreeBSD kern.ipc.semmni/semmns)")
+    return LockError(f"semget: {e.strerror}")
+
+
+def set_identity(semid: int) -> dict:
+    """What the registry keeps of a set: the id, and key and ctime to be sure, later, that
+    the id was not given to someone else's set in between (ids are recycled)."""
+    st = _jail.sem_stat(semid)
+    return {"semid": semid, "key": st["key"], "ctime": st["ctime"]}
+
+
+def remove_set(semid: int, check_alive: bool) -> bool:
+    """IPC_RMID one set; True when it is gone.  A keyed (ftok) set can be shared with another
+    instance: as uWSGI, leave it if its last user is another live process."""
+    try:
+        if check_alive:
+            pid = _jail.semctl(semid, 0, _jail.GETPID)
+            if pid not in (0, os.getpid()) and pid_alive(pid):
+                log.emit(f"found ipcsem {semid} mapped to alive pid {pid}: not removed")
+                return False
+        _jail.semctl(semid, 0, _jail.IPC_RMID)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EIDRM):
+            return True                   # already gone
+        log.emit(f"cannot remove SysV semaphore set {semid}: {e.strerror}")
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# the registry of SysV sets (docs/locks.md)
+
+
+def registry_dir(run_dir: str | None = None) -> str | None:
+    """RUN_DIR/locks when we can write there (root), else a per-user directory under the
+    temporary directory; None when neither can be made (then only cleanup() protects us)."""
+    candidates = [run_dir] if run_dir else [RUN_DIR, os.path.join(tempfile.gettempdir(), f"jailserve-{os.geteuid()}")]
+    for base in candidates:
+        path = os.path.join(base, "locks")
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+    return None
+
+
+class Registry:
+    """One JSON file per instance: the master's pid and its SysV sets."""
+
+    def __init__(self, directory: str | None, instance: str):
+        self.directory = directory
+        self.path = os.path.join(directory, instance + ".json") if directory else None
+
+    def write(self, engine: IpcSemEngine, persistent: bool) -> None:
+        if self.path is None:
+            return
+        record = {"pid": os.getpid(), "persistent": persistent, "keyed": engine.keyed,
+                  "sets": engine.registry_sets()}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, self.path)        # never a half-written record
+
+    def chown(self, uid: int | None, gid: int | None) -> None:
+        # cleanup() runs after the privilege drop and must still empty the file
+        if self.path and os.path.exists(self.path):
+            os.chown(self.path, -1 if uid is None else uid, -1 if gid is None else gid)
+
+    def forget(self) -> None:
+        if self.path is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # after the drop the directory may not be ours; an empty record says the same
+            with open(self.path, "w") as f:
+                json.dump({"pid": 0, "sets": []}, f)
+
+    def sweep(self) -> list[int]:
+        """Remove the sets of every record whose master is dead, or is this process (the
+        image before a re-exec): what a killed master left.  Returns the ids removed."""
+        if self.directory is None:
+            return []
+        removed: list[int] = []
+        for name in sorted(os.listdir(self.directory)):
+            if name.endswith(".json"):
+                removed += sweep_record(os.path.join(self.directory, name))
+        return removed
+
+
+def sweep_record(path: str) -> list[int]:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return []
+    pid = record.get("pid", 0)
+    if pid and pid != os.getpid() and pid_alive(pid):
+        return []                         # a live instance: its sets are in use
+    if record.get("persistent") and record.get("keyed"):
+        return []                         # kept on purpose, found again by their ftok keys
+    removed, kept = [], []
+    for entry in record.get("sets", []):
+        if not _same_set(entry):
+            continue                      # gone, or its id now belongs to another set
+        (removed if remove_set(entry["semid"], False) else kept).append(entry["semid"])
+    if removed:
+        log.emit(f"removed {len(removed)} SysV semaphore set(s) left by master {pid}: {removed}")
+    if not kept:                          # a set we could not remove keeps its record
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _same_set(entry: dict) -> bool:
+    try:
+        st = _jail.sem_stat(entry["semid"])
+    except OSError:
+        return False                      # gone already
+    return st["key"] == entry["key"] and st["ctime"] == entry["ctime"]
+
+
+# ---------------------------------------------------------------------------------------
+# the lock set
+
+
+class LockSet:
+    """User locks 0..N, the thunder lock after them, and what must be undone at exit."""
+
+    def __init__(self, plan: LockPlan, run_dir: str | None = None):
+        self.plan = plan
+        self.owner_pid = os.getpid()
+        self.registry = Registry(registry_dir(run_dir), plan.instance) if plan.engine == "ipcsem" else None
+        if self.registry is not None:
+            if self.registry.path is None:
+                log.emit("no writable registry directory: SysV sets of a killed master will not be found")
+            self.registry.sweep()
+        self.engine = IpcSemEngine(plan) if plan.engine == "ipcsem" else PosixSemEngine(plan.total)
+        self.thunder_index = plan.user_locks if plan.thunder else None
+        if self.registry is not None:
+            self.registry.write(self.engine, plan.persistent)
+        self._give_to_user()
+
+    def _give_to_user(self) -> None:
+        # As uWSGI before its privilege drop: the sets must stay usable (and removable) by
+        # uid/gid.  Already unprivileged: they are ours.
+        if not (isinstance(self.engine, IpcSemEngine) and self.plan.drop.wanted and os.geteuid() == 0):
+            return
+        uid, gid, _ = privileges.resolve(self.plan.drop)
+        self.engine.chown(uid, gid)
+        self.registry.write(self.engine, self.plan.persistent)    # ctime changed
+        self.registry.chown(uid, gid)
+
+    def _index(self, n: int) -> int:
+        if not 0 <= n < self.plan.user_locks:
+            raise ValueError(f"lock {n} does not exist (locks = {self.plan.user_locks - 1} gives 0..{self.plan.user_locks - 1})")
+        return n
+
+    def lock(self, n: int = 0) -> None:
+        self.engine.acquire(self._index(n))
+
+    def unlock(self, n: int = 0) -> None:
+        # Unlocking a lock this process does not hold does nothing (as a robust mutex's EPERM).
+        self.engine.release(self._index(n))
+
+    def is_locked(self, n: int = 0) -> bool:
+        return self.engine.is_locked(self._index(n))
+
+    def accept_lock(self) -> None:
+        if self.thunder_index is not None:
+            self.engine.acquire(self.thunder_index)
+
+    def accept_unlock(self) -> None:
+        if self.thunder_index is not None:
+            self.engine.release(self.thunder_index)
+
+    def release_dead(self, pid: int) -> list[int]:
+        """The master: worker `pid` died; release (posixsem) or report (ipcsem) its locks."""
+        freed = [i for i in range(self.plan.total) if self.engine.release_dead(i, pid)]
+        for i in freed:
+            how = "released by the kernel (SEM_UNDO)" if self.engine.name == "ipcsem" else "released by the master"
+            log.emit(f"{self._name(i)} was held by dead process {pid}: {how}")
+        return freed
+
+    def _name(self, i: int) -> str:
+        return "thunder lock" if i == self.thunder_index else f"lock {i}"
+
+    def cleanup(self) -> None:
+        """Remove every semaphore (only in the process that made them; idempotent)."""
+        if os.getpid() != self.owner_pid or self.engine is None:
+            return
+        engine, self.engine = self.engine, None
+        keep = engine.name == "ipcsem" and self.plan.persistent
+        left = engine.close(remove=not keep)
+        if self.registry is None:
+            return
+        if keep or left:
+            return                        # the record stays: the next start deals with them
+        self.registry.forget()
+
+
+# ---------------------------------------------------------------------------------------
+# the module API (the master, the worker loop and the `uwsgi` module call these)
+
+_current: LockSet | None = None
+
+
+def setup(config, run_dir: str | None = None) -> LockSet:
+    """In the master before forking: make the instance's locks (replacing any made before)."""
+    global _current
+    plan = LockPlan(config)
+    if _current is not None:
+        _current.cleanup()
+    if plan.ftok and plan.engine != "ipcsem":
+        log.emit("ftok is used only by lock-engine = ipcsem: ignored")
+    _current = LockSet(plan, run_dir)
+    atexit.register(_current.cleanup)     # a normal exit that skipped cleanup(); pid-guarded
+    log.emit(f"lock engine: {plan.engine}, {plan.user_locks} user lock(s), thunder lock: "
+             f"{'enabled' if plan.thunder else 'disabled'}")
+    return _current
+
+
+def current() -> LockSet:
+    if _current is None:
+        raise LockError("no locks: locks.setup(config) was not called in the master")
+    return _current
+
+
+def lock(n: int = 0) -> None:
+    current().lock(n)
+
+
+def unlock(n: int = 0) -> None:
+    current().unlock(n)
+
+
+def is_locked(n: int = 0) -> bool:
+    return current().is_locked(n)
+
+
+def accept_lock() -> None:
+    current().accept_lock()
+
+
+def accept_unlock() -> None:
+    current().accept_unlock()
+
+
+def release_dead(pid: int) -> list[int]:
+    return current().release_dead(pid) if _current is not None else []
+
+
+def cleanup() -> None:
+    global _current
+    if _current is not None and _current.owner_pid == os.getpid():
+        _current.cleanup()
+        _current = None
+
+
+def thunder_lock_enabled() -> bool:
+    return _current is not None and _current.thunder_index is not None
+
+
+__all__ = ["setup", "lock", "unlock", "is_locked", "accept_lock", "accept_unlock", "release_dead",
+           "cleanup", "current", "thunder_lock_enabled", "LockSet", "LockPlan", "LockError"]
