@@ -59,7 +59,13 @@ def check_report(config, plan) -> str:
         out.append(f"  %({key}) = {value}  (placeholder)")
     out.append("")
     out.append(f"start-up plan ({config.platform}{', reload' if config.is_reload else ''}):")
-    out.extend(f"  {n}. {step}" for n, step in enumerate(plan.describe(), start=1))
+    number = 0
+    for step in plan.describe():
+        if step.startswith(" "):       # a detail of the step above (the jail backend's calls)
+            out.append(f"     {step}")
+            continue
+        number += 1
+        out.append(f"  {number}. {step}")
     out.append("configuration OK")
     return "\n".join(out)
 
