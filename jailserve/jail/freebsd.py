@@ -227,11 +227,18 @@ def _run(spec: JailSpec) -> int | None:
     if _entered:
         raise RuntimeError("this process has already been jailed once (one jail per start)")
     _check_safe_to_jail()
-    jidfile = _open_jidfile(spec.jidfile)
-    _entered = True
     for w in warnings(spec):
         print(f"jailserve: warning: {w}", file=sys.stderr)
-    jid = _execute(calls)
+    jidfile = _open_jidfile(spec.jidfile)
+    # set before the first call: after a partial success (attached, then jail_set failed)
+    # a second attempt would start from inside a jail (FREEBSD_JAILS §8)
+    _entered = True
+    try:
+        jid = _execute(calls)
+    except BaseException:
+        if jidfile is not None:
+            os.close(jidfile)
+        raise
     if jidfile is not None:
         _write_jidfile(jidfile, jid)
     print(f"--- running in FreeBSD jail {jid} ---", file=sys.stderr)
