@@ -301,6 +301,7 @@ JAIL = _opts(
     O("jail-attach", STRING, "run inside an existing jail, by jid or name"),
     O("jidfile", PATH, "write the jail id here", aliases=("jid-file",)),
     O("jailed", FLAG, "run the post-jail phase as if a jail had been made"),
+    O("jail-keep-mount", STRING, "Linux: bind a host path read-only into the jail, PATH[:DEST] (like uWSGI's namespace-keep-mount); the interpreter, venv, sys.path and jailserve are kept by default, 'none' turns that off", repeat=True, platforms=frozenset({LINUX})),
 )
 
 HOOK_PHASES = ("asap", "pre-jail", "post-jail", "in-jail", "as-root", "as-user", "pre-app", "post-app")
