@@ -38,12 +38,9 @@ def help_text() -> str:
 
 
 def show_config(config) -> str:
-    """uWSGI's --show-config: the resolved options as an ini section."""
+    """uWSGI's --show-config: every entry of the option list, in order, as an ini section."""
     out = [";uWSGI instance configuration", "[uwsgi]"]
-    for entry in config.entries:
-        out.append(f"{entry.name} = {entry.raw}" if entry.option.shape.takes_value else f"{entry.name} = true")
-    for key, value in config.placeholders.items():
-        out.append(f"{key} = {value}")
+    out.extend(f"{key} = {value}" for key, value in config.listing)
     out.append(";end of configuration")
     return "\n".join(out)
 
@@ -105,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         _print_err(str(e))
         return 1
+    if config.get("show-config"):
+        print(show_config(config), flush=True)
     if config.get("check"):
         print(check_report(config, plan))
         return 0
-    if config.get("show-config"):
-        print(show_config(config), flush=True)
     from .startup import run
 
     return run(plan)

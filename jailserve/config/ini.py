@@ -54,14 +54,12 @@ def read_text(path: str, origin: Origin | None) -> str:
         raise ConfigError(f"'{path}' is not UTF-8 text (byte {e.start})", origin) from None
 
 
-def parse_ini(text: str, path: str, section: str, substitute=None) -> IniFile:
-    """Lines of `section`; `substitute(raw_line, origin)` applies the magic variables first."""
+def parse_ini(lines: list[tuple[int, str]], path: str, section: str) -> IniFile:
+    """The (key, value) lines of `section`, from (line number, text) pairs."""
     current = ""
-    lines: list[IniLine] = []
+    taken: list[IniLine] = []
     found = False
-    for number, raw in enumerate(text.split("\n"), start=1):
-        if substitute is not None:
-            raw = substitute(raw, Origin(path, number))
+    for number, raw in lines:
         line = raw.strip(BLANKS)
         if not line:
             continue
@@ -82,8 +80,8 @@ def parse_ini(text: str, path: str, section: str, substitute=None) -> IniFile:
         key = key.rstrip(BLANKS)
         if not key:
             raise ConfigError(f"line {line!r} has no key before '='", origin)
-        lines.append(IniLine(key, value.strip(BLANKS), origin))
-    return IniFile(path, section, tuple(lines), found)
+        taken.append(IniLine(key, value.strip(BLANKS), origin))
+    return IniFile(path, section, tuple(taken), found)
 
 
 class IniReader:
@@ -111,13 +109,10 @@ class IniReader:
         path, section = self.resolve(given, origin)
         self.last_file = path
         table = self.magic.table_for(path + (":" + section if section else ""))
-
-        def substitute(raw: str, where: Origin) -> str:
-            unknown: list[str] = []
-            text = self.magic.substitute(raw, table, unknown)
-            if unknown and self.warn is not None and not raw.lstrip(BLANKS).startswith((";", "#")):
-                self.warn(f"magic variable(s) {' '.join(unknown)} unknown; replaced by the empty string, "
-                          "as uWSGI does", where, None)
-            return text
-
-        return parse_ini(read_text(path, origin), path, section or DEFAULT_SECTION, substitute)
+        lines, notes = self.magic.substitute_lines(read_text(path, origin), table)
+        if self.warn is not None:
+            comments = {n for n, text in lines if text.lstrip(BLANKS).startswith((";", "#"))}
+            for number, note in notes:
+                if number not in comments:
+                    self.warn(note, Origin(path, number), None)
+        return parse_ini(lines, path, section or DEFAULT_SECTION)

@@ -89,15 +89,24 @@ class Collector:
         name = opt.name if opt else None
         if name == END_KEYWORD:
             self.blocks.close(origin, file_id)
+            self._record_keyword(key, value, origin, opt)
             return
         if name == ELSE_KEYWORD:
+            self._record_keyword(key, value, origin, opt)
             self.blocks.flip_else(origin, file_id)
             return
         if name in IF_KEYWORDS or name in FOR_KEYWORDS:
+            self._record_keyword(key, value, origin, opt)
             self._open_block(name, value, origin, file_id)
             return
         for each in self.blocks.expand(value, origin):
             self._take(key, each, origin, opt)
+
+    def _record_keyword(self, key: str, value: str, origin: Origin, opt: Option) -> None:
+        """Logic keywords appear in the entry list (and --show-config) where uWSGI shows them:
+        when the lines around them are taken."""
+        if self.blocks.active():
+            self.items.append(Item(key, value, origin, opt, applied=True))
 
     def _open_block(self, keyword: str, arg: str, origin: Origin, file_id: int) -> None:
         if not self.blocks.active():
@@ -304,4 +313,6 @@ def load_config(argv: list[str], environ: Mapping[str, str] | None = None) -> Co
             if platform not in ("linux", "freebsd"):
                 raise ConfigError(f"'{platform}' is not a platform (allowed: linux, freebsd)", item.origin, "check-platform")
     entries, placeholders = build_entries(col, platform)
-    return Config(entries, placeholders, col.warnings, list(argv), col.is_reload, col.files, platform)
+    listing = [(i.key, "true" if i.origin == CLI and i.option is not None and not i.option.shape.takes_value
+                else i.value) for i in col.items]
+    return Config(entries, placeholders, col.warnings, list(argv), col.is_reload, col.files, platform, listing)

@@ -112,11 +112,28 @@ class MagicContext:
         table.update(self.first)
         return table
 
-    def substitute(self, text: str, table: dict[str, str], unknown: list[str]) -> str:
-        out = []
+    def substitute_lines(self, text: str, table: dict[str, str]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+        """magic_sub over a whole file's text, as uWSGI does it, keeping where each line began.
+
+        Returns (lines, notes): lines as (1-based line number in the file, text after
+        substitution), notes as (line number, warning).  Because uWSGI substitutes over the
+        raw bytes, a '%' at the end of a line swallows the newline and joins the next line to
+        it; jailserve does the same and says so.
+        """
+        lines: list[tuple[int, str]] = []
+        notes: list[tuple[int, str]] = []
+        out: list[str] = []
+        line_no, start_no = 1, 1
         i, n = 0, len(text)
         while i < n:
             ch = text[i]
+            if ch == "\n":
+                lines.append((start_no, "".join(out)))
+                out = []
+                line_no += 1
+                start_no = line_no
+                i += 1
+                continue
             if ch != "%" or i + 1 >= n:
                 out.append(ch)
                 i += 1
@@ -128,9 +145,14 @@ class MagicContext:
                 out.append("%(")
             elif nxt in table:
                 out.append(table[nxt])
+            elif nxt == "\n":
+                line_no += 1
+                notes.append((start_no, "a '%' at the end of the line swallows the newline and joins the next "
+                                        "line to this one, as in uWSGI"))
             else:
                 # uWSGI's table holds "" for every other byte: `50%x` without a section is
-                # `50`, `%Z` vanishes.  Kept, and reported as a warning by the reader.
-                unknown.append("%" + nxt)
+                # `50`, `%Z` vanishes.
+                notes.append((start_no, f"magic variable %{nxt} is unknown; replaced by the empty string, as uWSGI does"))
             i += 2
-        return "".join(out)
+        lines.append((start_no, "".join(out)))
+        return lines, notes

@@ -45,7 +45,8 @@ class Config:
     """
 
     def __init__(self, entries: list[Entry], placeholders: dict[str, str], warnings: list[Warning_],
-                 argv: list[str], is_reload: bool, files: list[str], platform: str):
+                 argv: list[str], is_reload: bool, files: list[str], platform: str,
+                 listing: list[tuple[str, str]] = ()):
         self.entries: tuple[Entry, ...] = tuple(entries)
         self.placeholders = dict(placeholders)
         self.warnings: tuple[Warning_, ...] = tuple(warnings)
@@ -53,6 +54,9 @@ class Config:
         self.is_reload = is_reload
         self.files = list(files)
         self.platform = platform   # the platform validated for (--check-platform, else this one)
+        # every (key as written, value) in uWSGI's list order, logic keywords and placeholders
+        # included: what uWSGI's --show-config prints
+        self.listing: tuple[tuple[str, str], ...] = tuple(listing)
         self._by_name: dict[str, list[Entry]] = {}
         for entry in self.entries:
             self._by_name.setdefault(entry.name, []).append(entry)

@@ -143,6 +143,10 @@ CASES = [
          files={"a.ini": "[uwsgi]\nset = v=50%x\nset = w=a%Zb\n"}, argv=["a.ini"], placeholders={"v": "50", "w": "ab"}, warn="%Z"),
     dict(id="magic-trailing-percent", ref="§1.6 a % as the last byte survives", files={"a.ini": "[uwsgi]\nset = v=50%"},
          argv=["a.ini"], placeholders={"v": "50%"}),
+    dict(id="magic-percent-newline", ref="§1.6 magic_sub runs over the raw text: '%' then newline is an unknown "
+         "variable, so the newline vanishes and the lines join (checked against uWSGI 2.0.31)",
+         files={"a.ini": "[uwsgi]\nset = v=50%\nprocesses = 3\n"}, argv=["a.ini"],
+         placeholders={"v": "50processes = 3"}, get={"processes": 1}, warn="joins the next line"),
     dict(id="magic-not-on-cli", ref="§1.6 magic vars are not applied to command-line values", argv=["--chdir", "%d"],
          get={"chdir": "%d"}),
     dict(id="magic-upper-first-file", ref="§1.6 upper-case = the values frozen for the first config file",
