@@ -27,6 +27,8 @@ python=python3
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "--test" ]; then
     .venv/bin/python -m pip install -q -e '.[test]'
+    # the reference the config tests compare against (builds from source in about two minutes)
+    [ -x .venv/bin/uwsgi ] || .venv/bin/python -m pip install -q uwsgi==2.0.31
 else
     .venv/bin/python -m pip install -q -e .
 fi
