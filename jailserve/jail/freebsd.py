@@ -295,14 +295,19 @@ def _write_jidfile(fd: int, jid: int) -> None:
         os.close(fd)
 
 
-def remove(jid: int) -> None:
-    """jail_remove(2): end a persist jail and its processes (§4.2)."""
+def remove(target: str | int) -> None:
+    """jail_remove(2) of a jail by jid or name: ends a persist jail and its processes (§4.2)."""
     from .. import _jail
+    jid = target if isinstance(target, int) else _jail.jail_getid(target)
     _jail.jail_remove(jid)
 
 
 def list_jails() -> list[dict[str, Any]]:
-    """Live jails below ours, by jail_get iteration on lastjid (§2.6), for --jls."""
+    """Live jails below ours, by jail_get iteration on lastjid (§2.6), for --jls.
+
+    Each is a dict: jid, name, hostname, root, ip4, ip6, addresses (both), persist.  The
+    process count is not a jail parameter, so there is no "processes" key (--jls prints -).
+    """
     from .. import _jail
     jails, last = [], 0
     while True:
@@ -317,7 +322,8 @@ def list_jails() -> list[dict[str, Any]]:
 
 
 _LIST_FIELDS = (("jid", 4), ("name", 256), ("host.hostname", 256), ("path", 1024),
-                ("ip4.addr", 4 * fp.MAX_AF_IPS), ("ip6.addr", 16 * fp.MAX_AF_IPS))
+                ("ip4.addr", 4 * fp.MAX_AF_IPS), ("ip6.addr", 16 * fp.MAX_AF_IPS),
+                ("persist", 4))      # §2.6: booleans come back as a 4-byte int
 
 
 def _list_pairs(lastjid: int) -> list:
@@ -326,9 +332,12 @@ def _list_pairs(lastjid: int) -> list:
 
 
 def _jail_info(jid: int, values: list[bytes]) -> dict[str, Any]:
-    _, _jid, name, host, path, ip4, ip6 = values
+    _, _jid, name, host, path, ip4, ip6, persist = values
+    ip4s = [str(a) for a in _addrs(ip4, 4)]
+    ip6s = [str(a) for a in _addrs(ip6, 16)]
     return {"jid": jid, "name": _cstr(name), "hostname": _cstr(host), "root": _cstr(path),
-            "ip4": [str(a) for a in _addrs(ip4, 4)], "ip6": [str(a) for a in _addrs(ip6, 16)]}
+            "ip4": ip4s, "ip6": ip6s, "addresses": ip4s + ip6s,
+            "persist": struct.unpack("=i", persist)[0] != 0}
 
 
 def _cstr(data: bytes) -> str:

@@ -165,3 +165,21 @@ def test_list_jails_on_linux_is_enosys():
     with pytest.raises(OSError) as info:
         fb.list_jails()
     assert info.value.errno == errno.ENOSYS
+
+
+# --- list_jails' jail_get request and its decoding (pure parts) -------------------------------
+
+def test_list_request_is_lastjid_then_output_buffers():
+    # §2.6: lastjid picks the next jail; every other pair is an output buffer of a fixed size
+    pairs = fb._list_pairs(5)
+    assert pairs[0] == (b"lastjid\0", (5).to_bytes(4, sys.byteorder, signed=True))
+    assert pairs[1:] == [(b"jid\0", 4), (b"name\0", 256), (b"host.hostname\0", 256), (b"path\0", 1024),
+                         (b"ip4.addr\0", 4 * 255), (b"ip6.addr\0", 16 * 255), (b"persist\0", 4)]
+
+
+def test_list_decoding():
+    values = [b"", (3).to_bytes(4, sys.byteorder), b"web\0", b"h\0", b"/jails/web\0",
+              bytes([198, 18, 0, 2]), ipaddress.IPv6Address("fd00::2").packed, (1).to_bytes(4, sys.byteorder)]
+    assert fb._jail_info(3, values) == {
+        "jid": 3, "name": "web", "hostname": "h", "root": "/jails/web", "ip4": ["198.18.0.2"],
+        "ip6": ["fd00::2"], "addresses": ["198.18.0.2", "fd00::2"], "persist": True}

@@ -150,7 +150,17 @@ def test_list_jails_sees_the_persistent_jail(persistent_jail, rootfs):
     name, report = persistent_jail
     [mine] = [j for j in freebsd.list_jails() if j["name"] == name]
     assert mine == {"jid": report["jid"], "name": name, "hostname": "phost", "root": str(rootfs),
-                    "ip4": [], "ip6": []}
+                    "ip4": [], "ip6": [], "addresses": [], "persist": True}
+
+
+def test_remove_by_name_ends_a_persistent_jail(rootfs):
+    from jailserve.jail import freebsd
+    name = unique("jsr")
+    child = Child(["--jail2", f"path={rootfs}", "--jail2", f"name={name}", "--jail2", "persist"])
+    assert child.release() == 0
+    assert jls(name)["persist"] is True
+    freebsd.remove(name)                                             # jail_remove(2), §4.2
+    assert subprocess.run(["jls", "-j", name], capture_output=True).returncode != 0
 
 
 @pytest.mark.parametrize("by", ["name", "jid"])
