@@ -624,10 +624,14 @@ def _init_side(lay: Layout, chan: _Channel, old_mask) -> None:
 
 
 def _report(chan: _Channel, exc: BaseException) -> None:
+    """Hand a set-up failure to the keeper, which raises it as OSError in create()."""
     code = getattr(exc, "errno", None) or errno.EIO
-    text = f"{code} {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     try:
-        os.write(chan.up_w, b"E" + text.encode())
+        os.write(chan.up_w, f"E{code} jail set-up: {text}".encode())
     except OSError:
         pass
 
