@@ -43,48 +43,34 @@ def setup_logto(path: str | None) -> None:
 
 
 class Request:
-    """What the serve loop tells about one finished request (see RequestLog.__call__)."""
+    """One finished request, as the serve loop reports it (see RequestLog.__call__)."""
 
-    __slots__ = ("environ", "status", "size", "start_ns", "end_ns", "headers", "header_bytes",
-                 "pid", "wid", "req", "total")
+    __slots__ = ("method", "uri", "proto", "status", "size", "micros", "addr", "headers",
+                 "header_bytes", "vars", "vars_bytes", "wall", "pid", "wid", "req", "total", "environ")
 
-    def __init__(self, environ, status, size, start_ns, end_ns, headers, header_bytes, pid, wid, req, total):
-        self.environ = environ
-        self.status = status
-        self.size = size
-        self.start_ns = start_ns
-        self.end_ns = end_ns
-        self.headers = headers
-        self.header_bytes = header_bytes
-        self.pid = pid
-        self.wid = wid
-        self.req = req
-        self.total = total
+    def __init__(self, method, uri, proto, status, size, micros, addr, headers, header_bytes,
+                 nvars, vars_bytes, wall, pid=0, wid=0, req=0, total=0, environ=None):
+        self.method, self.uri, self.proto, self.status = method, uri, proto, status
+        self.size, self.micros, self.addr = size, micros, addr
+        self.headers, self.header_bytes, self.vars, self.vars_bytes = headers, header_bytes, nvars, vars_bytes
+        self.wall, self.pid, self.wid, self.req, self.total = wall, pid, wid, req, total
+        self.environ = environ if environ is not None else {}
 
 
-def _env(key: str, default: str = ""):
-    return lambda r: r.environ.get(key, default)
-
-
-def _vars_bytes(r: Request) -> int:
-    # uWSGI counts the size of the uwsgi packet it built: 2+len(key)+2+len(value) per var.
-    return sum(4 + len(k) + len(v) for k, v in r.environ.items() if isinstance(v, str))
-
-
-def _vars_count(r: Request) -> int:
-    return sum(1 for v in r.environ.values() if isinstance(v, str))
+def _env(key: str):
+    # headers are only known when the serve loop hands the environ over (it may not)
+    return lambda r: r.environ.get(key, "")
 
 
 def _ctime(r: Request) -> str:
-    # the request start time, in ctime() form, as uWSGI
-    return time.ctime(time.time() - (time.monotonic_ns() - r.start_ns) / 1e9)
+    return time.ctime(r.wall or time.time())     # the request's start, ctime() style, as uWSGI
 
 
 FIELDS = {
-    "method": _env("REQUEST_METHOD"),
-    "uri": _env("REQUEST_URI"),
-    "proto": _env("SERVER_PROTOCOL"),
-    "addr": _env("REMOTE_ADDR"),
+    "method": lambda r: r.method,
+    "uri": lambda r: r.uri,
+    "proto": lambda r: r.proto,
+    "addr": lambda r: r.addr,
     "user": _env("REMOTE_USER"),
     "host": _env("HTTP_HOST"),
     "uagent": _env("HTTP_USER_AGENT"),
@@ -92,18 +78,18 @@ FIELDS = {
     "status": lambda r: r.status,
     "size": lambda r: r.size,
     "rsize": lambda r: r.size,
-    "msecs": lambda r: (r.end_ns - r.start_ns) // 1_000_000,
-    "micros": lambda r: (r.end_ns - r.start_ns) // 1_000,
+    "msecs": lambda r: r.micros // 1000,
+    "micros": lambda r: r.micros,
     "pid": lambda r: r.pid,
     "wid": lambda r: r.wid,
     "headers": lambda r: r.headers,
     "hsize": lambda r: r.header_bytes,
-    "vars": _vars_count,
-    "pktsize": _vars_bytes,
-    "time": lambda r: int(time.time()),
-    "ltime": lambda r: time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-    "ctime": _ctime,
+    "vars": lambda r: r.vars,
+    "pktsize": lambda r: r.vars_bytes,
+    "time": lambda r: int(r.wall or time.time()),
     "epoch": lambda r: int(time.time()),
+    "ltime": lambda r: time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(r.wall or None)),
+    "ctime": _ctime,
 }
 
 
@@ -125,15 +111,35 @@ def compile_format(fmt: str) -> list:
 
 
 def default_line(r: Request, micros: bool = False) -> str:
-    duration = (r.end_ns - r.start_ns) // (1_000 if micros else 1_000_000)
-    unit = "micros" if micros else "msecs"
-    env = r.environ
-    return (f"[pid: {r.pid}|app: 0|req: {r.req}/{r.total}] {env.get('REMOTE_ADDR', '')} "
-            f"({env.get('REMOTE_USER', '')}) {{{_vars_count(r)} vars in {_vars_bytes(r)} bytes}} "
-            f"[{_ctime(r)}] {env.get('REQUEST_METHOD', '')} {env.get('REQUEST_URI', '')} => "
-            f"generated {r.size} bytes in {duration} {unit} ({env.get('SERVER_PROTOCOL', '')} {r.status}) "
+    duration, unit = (r.micros, "micros") if micros else (r.micros // 1000, "msecs")
+    return (f"[pid: {r.pid}|app: 0|req: {r.req}/{r.total}] {r.addr} ({r.environ.get('REMOTE_USER', '')}) "
+            f"{{{r.vars} vars in {r.vars_bytes} bytes}} [{_ctime(r)}] {r.method} {r.uri} => "
+            f"generated {r.size} bytes in {duration} {unit} ({r.proto} {r.status}) "
             f"{r.headers} headers in {r.header_bytes} bytes (1 switches on core 0)")
 
 
 def render(parts: list, r: Request) -> str:
     return "".join(p if isinstance(p, str) else str(p(r)) for p in parts)
+
+
+class RequestLog:
+    """The ServeConfig log callback: one uWSGI-format line per request (or `log-format`)."""
+
+    def __init__(self, config):
+        fmt = config.get("log-format")
+        self.parts = compile_format(fmt) if fmt else None
+        self.micros = config.get("log-micros")
+        self.pid = self.wid = self.count = 0
+
+    def start(self, wid: int) -> None:
+        """In the worker, after fork: whose lines these are."""
+        self.pid, self.wid, self.count = os.getpid(), wid, 0
+
+    def __call__(self, method, uri, proto, status, size, micros, addr, nheaders, header_bytes,
+                 nvars, vars_bytes, wall, environ=None):
+        # the arguments are _core's (docs/internals.md); uWSGI's T (requests of the whole
+        # instance) is not tracked across workers, so R/T shows this worker's count twice.
+        self.count += 1
+        r = Request(method, uri, proto, status, size, micros, addr, nheaders, header_bytes,
+                    nvars, vars_bytes, wall, self.pid, self.wid, self.count, self.count, environ)
+        emit(render(self.parts, r) if self.parts else default_line(r, self.micros))

@@ -10,27 +10,19 @@ import time
 
 from jailserve import log
 
-ENVIRON = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/a?b=1", "SERVER_PROTOCOL": "HTTP/1.1",
-           "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "x", "HTTP_USER_AGENT": "curl/8", "wsgi.input": object()}
-
-
-def request(duration_ns=2_500_000):
-    end = time.monotonic_ns()
-    return log.Request(ENVIRON, 200, 13, end - duration_ns, end, 2, 64, 4242, 1, 3, 7)
+def request(micros=2500):
+    return log.Request("GET", "/a?b=1", "HTTP/1.1", 200, 13, micros, "127.0.0.1", 2, 64, 6, 118,
+                       time.time(), pid=4242, wid=1, req=3, total=7,
+                       environ={"HTTP_USER_AGENT": "curl/8"})
 
 
 def test_default_line_is_uwsgis():
     line = log.default_line(request())
-    pattern = (r"\[pid: 4242\|app: 0\|req: 3/7\] 127\.0\.0\.1 \(\) \{6 vars in \d+ bytes\} "
+    pattern = (r"\[pid: 4242\|app: 0\|req: 3/7\] 127\.0\.0\.1 \(\) \{6 vars in 118 bytes\} "
                r"\[\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\] GET /a\?b=1 => generated 13 bytes in 2 msecs "
                r"\(HTTP/1\.1 200\) 2 headers in 64 bytes \(1 switches on core 0\)$")
     assert re.match(pattern, line), line
     assert "in 2500 micros" in log.default_line(request(), micros=True)
-
-
-def test_vars_bytes_count_as_uwsgi_packet():
-    strs = {k: v for k, v in ENVIRON.items() if isinstance(v, str)}
-    assert log._vars_bytes(request()) == sum(4 + len(k) + len(v) for k, v in strs.items())
 
 
 def test_log_format_fields_and_unknown_names():
@@ -38,6 +30,15 @@ def test_log_format_fields_and_unknown_names():
     assert log.render(parts, request()) == "127.0.0.1 GET /a?b=1 200 13 2ms %(nosuch) [4242/1] curl/8"
     assert log.render(log.compile_format("plain"), request()) == "plain"
     assert log.render(log.compile_format("%(status"), request()) == "%(status"
+
+
+def test_request_log_callback_counts_per_worker(capfd):
+    from jailserve.config import load_config
+
+    rl = log.RequestLog(load_config(["--http-socket", ":8000", "--log-format", "%(wid) %(uri) %(status)"], {}))
+    rl.start(3)
+    rl("GET", "/x", "HTTP/1.1", 404, 0, 10, "::1", 1, 20, 5, 90, time.time())
+    assert capfd.readouterr().err == "3 /x 404\n"
 
 
 def test_logto_sends_stdout_and_stderr_to_the_file(tmp_path):

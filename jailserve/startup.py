@@ -1,0 +1,206 @@
+"""Carry out a validated Plan: DESIGN §3 steps 3-10, in uWSGI's order (UWSGI_SEMANTICS §2).
+
+Orchestration only: every step is one call into the module that owns it, and nothing here
+tests the platform.  The order, with uWSGI's step numbers:
+
+   7  asap hooks                               (every start)
+   9  logto                                    (before the jail: the file is outside it)
+  10  banner; pidfile                          (first start only, as the starting user)
+  11  shared sockets                           (first start only, before jail and drop)
+  14  pre-jail hooks                           (first start only)
+  17  jail: create or attach                   (first start only; Linux: a keeper stays out)
+  19  in-jail hooks                            (every start)
+  21d post-jail hooks                          (only when a jail was made, or `jailed`)
+  21j as-root hooks; 21l drop gid/groups/uid; 21o as-user hooks
+  22  chdir; pidfile2
+  26  bind sockets (inherited ones adopted on a re-exec)
+  27  with `chown-socket` the drop (and as-user hooks) happen here instead, after binding
+  24  locks (before any fork, after the drop so semaphores belong to uid)
+  32  pythonpath/virtualenv; pre-app hooks, load the app, post-app hooks (unless lazy-apps)
+  36  fork workers; the master supervises (or, without `master` and one process, serve here)
+
+Steps 3-6 are skipped on a reload (re-exec, issue 7): the process is already in the jail.
+"""
+from __future__ import annotations
+
+import atexit
+import gc
+import os
+import sys
+
+from . import apps, hooks, log, privileges, sockets, uwsgi_compat
+from .apps import AppLoadError
+from .privileges import DropError
+
+__all__ = ["run", "StartupError"]
+
+
+class StartupError(Exception):
+    """A step of the start-up failed after validation; the message says which and why."""
+
+
+def run(plan) -> int:
+    """Start the instance described by `plan`; returns the process's exit code."""
+    config = plan.config
+    drop = privileges.plan_drop(config)          # pure; bad values are ConfigErrors
+    try:
+        return _run(plan, config, drop)
+    except (AppLoadError, DropError, hooks.HookFailed, StartupError) as exc:
+        log.emit(f"jailserve: {exc}")
+        return apps.FAILED_APP_CODE if isinstance(exc, AppLoadError) else 1
+    except OSError as exc:
+        log.emit(f"jailserve: {exc}")
+        return 1
+
+
+def _run(plan, config, drop) -> int:
+    first = not config.is_reload
+    apps.apply_env(plan.app)
+    hooks.run_phase(plan.hooks, "asap", log.emit)
+    log.setup_logto(config.get("logto"))
+    _banner(config)
+    cleanup = Cleanup(config)
+    shared: list = []
+    if first:
+        cleanup.write_pidfile("pidfile")
+        shared = sockets.bind_shared(plan.sockets, log.emit)
+        hooks.run_phase(plan.hooks, "pre-jail", log.emit)
+        _enter_jail(plan)
+    hooks.run_phase(plan.hooks, "in-jail", log.emit)
+    if (first and plan.jail is not None) or config.get("jailed"):
+        hooks.run_phase(plan.hooks, "post-jail", log.emit)
+    hooks.run_phase(plan.hooks, "as-root", log.emit)
+    bind_first = bool(config.get("chown-socket"))    # uWSGI: chown-socket delays the drop
+    if not bind_first:
+        _drop(plan, drop)
+    _chdir(plan.app)
+    inherited = sockets.find_inherited(plan.sockets) if not first else {}
+    listeners = sockets.bind_listeners(plan.sockets, shared, inherited, log.emit)
+    cleanup.add_unix_sockets(plan.sockets)
+    if bind_first:
+        _drop(plan, drop)
+    cleanup.write_pidfile("pidfile2")
+    if not listeners:
+        raise StartupError("no socket to serve on (set http-socket, http11-socket or socket)")
+    return _serve(plan, config, listeners, cleanup)
+
+
+def _banner(config) -> None:
+    from . import __version__
+
+    log.emit(f"*** Starting jailserve {__version__} (Python {sys.version.split()[0]}) ***")
+    log.emit(f"detected binary path: {sys.executable}")
+    if not config.get("master"):
+        log.emit("*** WARNING: you are running jailserve without its master process manager ***")
+
+
+def _enter_jail(plan) -> None:
+    spec = plan.jail
+    if spec is None:
+        return
+    from . import jail
+
+    backend = jail.backend_for()
+    if spec.source is None:
+        backend.attach(spec)
+        log.emit(f"attached to jail {spec.attach} (pid {os.getpid()})")
+    else:
+        backend.create(spec)
+        log.emit(f"jailed: root {spec.root} hostname {spec.hostname} name {spec.name} (pid {os.getpid()})")
+
+
+def _drop(plan, drop) -> None:
+    privileges.drop(drop, log.emit)
+    hooks.run_phase(plan.hooks, "as-user", log.emit)
+
+
+def _chdir(app_spec) -> None:
+    if app_spec.chdir:
+        os.chdir(app_spec.chdir)
+        log.emit(f"chdir() to {app_spec.chdir}")
+
+
+def _serve(plan, config, listeners, cleanup) -> int:
+    from .master import Master, MasterConfig
+    from .worker import Worker, run_forked
+
+    processes = config.get("processes")
+    use_master = config.get("master") or processes > 1
+    locks = _setup_locks(config, cleanup)
+    uwsgi_compat.install(config, processes, os.getpid() if use_master else 0)
+    apps.prepare_paths(plan.app)
+    app = None if plan.app.lazy else _load_app(plan)
+    worker = Worker(listeners, app, plan.app, config, plan.hooks, hooks.run_phase)
+    try:
+        if not use_master:
+            # uWSGI: without master and with one process, the process is worker 1.
+            from .master import StatusSlots
+
+            return run_forked(worker, 1, StatusSlots(1).slot(1))
+        # Objects made so far live for the whole run; freezing them keeps the collector from
+        # writing to their pages in every worker, so those pages stay shared (DESIGN §5).
+        gc.freeze()
+        mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead if locks else None)
+        return Master(mc, lambda wid, slot: run_forked(worker, wid, slot)).run()
+    finally:
+        cleanup.run()
+
+
+def _load_app(plan):
+    hooks.run_phase(plan.hooks, "pre-app", log.emit)
+    app = apps.load(plan.app)
+    log.emit(f"WSGI app 0 (mountpoint='') ready in the master (pid: {os.getpid()})")
+    hooks.run_phase(plan.hooks, "post-app", log.emit)
+    return app
+
+
+def _setup_locks(config, cleanup):
+    import importlib.util
+
+    if importlib.util.find_spec("jailserve.locks") is None:
+        return None
+    from . import locks
+
+    locks.setup(config)
+    cleanup.locks = locks
+    return locks
+
+
+class Cleanup:
+    """What the master undoes when it exits (not on a re-exec, not in workers): lock
+    semaphores always; with `vacuum`, pidfiles and the unix sockets it bound."""
+
+    def __init__(self, config):
+        self.vacuum = config.get("vacuum")
+        self.config = config
+        self.paths: list[str] = []
+        self.locks = None
+        self.pid = os.getpid()
+        atexit.register(self.run)
+
+    def add_unix_sockets(self, socket_specs) -> None:
+        # absolute now, after chdir, which is what relative socket paths were bound under
+        if self.vacuum:
+            self.paths += [os.path.abspath(p) for p in sockets.unix_paths(socket_specs)]
+
+    def write_pidfile(self, option: str) -> None:
+        path = self.config.get(option)
+        if not path:
+            return
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        if self.vacuum:
+            self.paths.append(os.path.abspath(path))
+
+    def run(self) -> None:
+        if os.getpid() != self.pid:
+            return                       # a forked child (worker, hook) never cleans up
+        if self.locks is not None:
+            locks, self.locks = self.locks, None
+            locks.cleanup()
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths = []

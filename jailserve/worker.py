@@ -1,0 +1,100 @@
+"""A worker: a fork of the master that serves requests with _core's loop until told to stop.
+
+The master forks, then calls `Worker.run(wid, slot)` in the child with HUP/INT/TERM/QUIT
+blocked (so no signal can hit the child before it has its own handlers).  The worker:
+  1. installs its handlers and unblocks: SIGHUP/SIGINT/SIGTERM/SIGQUIT all ask _core to
+     finish the request in hand and return (the master escalates to SIGKILL after its mercy);
+  2. with lazy-apps, runs pre-app hooks, loads the app, runs post-app hooks (uWSGI step 37);
+  3. runs `_core.serve()` on the inherited listening sockets until stop or max-requests;
+  4. returns its exit code; the master's fork wrapper `os._exit`s with it, so no atexit
+     handler of the master (vacuum, lock cleanup) runs in a worker.
+
+Memory: the app, the listeners and this object are inherited from the master; nothing here
+copies them, so the worker's pages stay shared until the app itself writes to them.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from . import apps, log, uwsgi_compat
+
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+
+
+class Worker:
+    """Everything a worker needs, prepared in the master before the first fork."""
+
+    def __init__(self, listeners, app, app_spec, config, hook_plan=None, run_hooks=None):
+        self.listeners = listeners          # [(socket.socket, kind)]
+        self.app = app                      # None with lazy-apps: loaded after fork
+        self.app_spec = app_spec
+        self.config = config
+        self.hook_plan = hook_plan
+        self.run_hooks = run_hooks          # hooks.run_phase, or None when there are no hooks
+        self.server_name = socket.gethostname()
+        self.request_log = None if config.get("disable-logging") else log.RequestLog(config)
+
+    def run(self, wid: int, slot) -> int:
+        """The worker's life; returns the exit code (apps.FAILED_APP_CODE when the app fails)."""
+        from . import _core
+
+        self._install_signals(_core.request_stop)
+        uwsgi_compat.set_worker_id(wid)
+        app = self.app
+        if app is None:
+            try:
+                app = self._load_lazy(wid)
+            except apps.AppLoadError as exc:
+                log.emit(f"worker {wid}: {exc}")
+                return apps.FAILED_APP_CODE
+        if self.request_log is not None:
+            self.request_log.start(wid)
+        _core.serve(self.listeners, app, self._serve_config(_core, slot))
+        return 0
+
+    def _install_signals(self, request_stop) -> None:
+        def stop(signum, frame):
+            request_stop()
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, stop)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def _load_lazy(self, wid: int):
+        if self.run_hooks is not None:
+            self.run_hooks(self.hook_plan, "pre-app")
+        app = apps.load(self.app_spec)
+        log.emit(f"WSGI app 0 (mountpoint='') ready in worker {wid} (pid: {os.getpid()})")
+        if self.run_hooks is not None:
+            self.run_hooks(self.hook_plan, "post-app")
+        return app
+
+    def _serve_config(self, _core, slot):
+        config = self.config
+        return _core.ServeConfig(
+            buffer_size=config.get("buffer-size"),
+            socket_timeout=config.get("socket-timeout"),
+            max_requests=config.get("max-requests"),
+            server_name=self.server_name,
+            log=self.request_log,
+            status_slot=slot,
+        )
+
+
+def run_forked(worker: Worker, wid: int, slot) -> int:
+    """Wrap Worker.run so any escape becomes a logged exit code, never a second master."""
+    try:
+        return worker.run(wid, slot)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()

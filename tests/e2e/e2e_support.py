@@ -1,0 +1,149 @@
+"""Whole-server helpers: start `python -m jailserve` for real, talk to it, always clean up.
+
+Every server runs in its own session (start_new_session), so teardown can SIGKILL exactly
+the processes the test started — the master and its workers — by process group id, even
+when an assertion failed half-way.  Unix sockets and pidfiles live in the test's tmp_path.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = ROOT / "tests" / "apps"
+WAIT = 60.0          # a generous bound for a server to start or stop; never a timing assertion
+
+
+def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of a session (the server's master, workers, hooks)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+class Server:
+    """A running jailserve: its master pid, its log, and helpers to reach it."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict | None = None):
+        self.cwd = cwd
+        self.logfile = cwd / f"server-{len(list(cwd.glob('server-*.log')))}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("UWSGI_")}
+        full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+        full_env.update(env or {})
+        with open(self.logfile, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "jailserve", *argv], cwd=cwd, env=full_env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def wait_tcp(self, port: int, host: str = "127.0.0.1") -> "Server":
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def accepting():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.socket(family) as s:
+                    s.settimeout(2)
+                    s.connect((host, port))
+                return True
+            except OSError:
+                return False
+        wait_for(accepting, f"the server to accept on {host}:{port}")
+        return self
+
+    def wait_unix(self, path: Path) -> "Server":
+        def accepting():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(path))
+                return True
+            except OSError:
+                return False
+        wait_for(accepting, f"the server to accept on {path}")
+        return self
+
+    def wait_log(self, text: str) -> str:
+        return wait_for(lambda: text in self.log() and self.log(), f"{text!r} in the server log")
+
+    def workers(self) -> list[int]:
+        return [pid for pid in session_pids(self.pid) if pid != self.pid]
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Send sig to the master and wait for the whole session to be gone."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=WAIT)
+        wait_for(lambda: not session_pids(self.pid), "every process of the server to exit")
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None or session_pids(self.pid):
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+
+def get(port: int, path: str = "/", host: str = "127.0.0.1", method: str = "GET", body=None, headers=None):
+    """One request with http.client; returns (status, headers dict, body bytes)."""
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=WAIT)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(self.path)
