@@ -298,15 +298,19 @@ def _addresses(config, fields: dict, params: dict[str, JailParam]) -> dict[str, 
             except fp.ParamError as exc:
                 raise _err(config, option, str(exc)) from None
         out[family] = addrs
-        out[f"{family}_mode"] = _ip_mode(params.get(family), addrs, fields.get("source"))
+        out[f"{family}_mode"] = _ip_mode(family, params.get(family), addrs)
     return out
 
 
-def _ip_mode(param: JailParam | None, addrs: tuple, source: str | None) -> str:
+def _ip_mode(family: str, param: JailParam | None, addrs: tuple) -> str:
     # FREEBSD_JAILS §2.4: ip4 is disable when neither ip4 nor ip4.addr is given; addresses imply new
-    if param is not None:
-        return fp.JAILSYS_NAMES[param.value]
-    return "new" if addrs else "disable"
+    if param is None:
+        return "new" if addrs else "disable"
+    mode = fp.JAILSYS_NAMES[param.value]
+    if addrs and mode != "new":
+        raise ConfigError(f"{family}={mode} contradicts the jail's {family} addresses ({family}.addr "
+                          f"implies {family}=new, FREEBSD_JAILS §2.4)", param.origin, "jail2")
+    return mode
 
 
 def _derived(params: dict[str, JailParam]) -> dict[str, Any]:

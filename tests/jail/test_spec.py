@@ -184,6 +184,13 @@ def test_jail_ip4_adds_to_a_jail2_jail_after_its_own():
     assert [str(a) for a in spec.ip4] == ["198.18.0.2", "198.18.0.9"]
 
 
+@pytest.mark.parametrize("mode", ["disable", "inherit"])
+def test_ip_mode_contradicting_addresses(mode):
+    err = error_of("--jail2", f"ip4={mode}", "--jail2", "ip4.addr=198.18.0.2", platform="freebsd")
+    assert err.option == "jail2" and f"ip4={mode} contradicts" in err.message
+    assert spec_of("--jail2", "ip4=new", "--jail2", "ip4.addr=198.18.0.2", platform="freebsd").ip4_mode == "new"
+
+
 def test_vnet_with_addresses_is_an_error():
     err = error_of("--jail2", "vnet", "--jail2", "ip4.addr=198.18.0.2", platform="freebsd")
     assert "vnet=new cannot have addresses" in err.message
