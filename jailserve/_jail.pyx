@@ -720,7 +720,6 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT
 from posix.time cimport timespec
 from posix.types cimport pid_t
-from posix.unistd cimport getpid
 
 import os as _sem_os
 
@@ -728,6 +727,7 @@ cdef extern from *:
     """
     #include <errno.h>
     #include <fcntl.h>
+    #include <pthread.h>
     #include <semaphore.h>
     #include <string.h>
     #include <time.h>
@@ -823,6 +823,18 @@ cdef extern from *:
         return 0;
     }
 
+    /* This process's pid, for the holder words.  getpid() is a system call (glibc stopped
+       caching it) and costs more than an uncontended lock/unlock pair, so it is cached
+       here and refreshed in every fork() child (pthread_atfork) and whenever shared
+       semaphores are made (a raw clone() runs no atfork handler; the lock set is made
+       after the jail's clones, in the master, and workers are fork()ed from it). */
+    static pid_t js_self_pid = 0;
+    static void js_self_pid_refresh(void) { js_self_pid = getpid(); }
+    static int js_self_pid_init(void) {
+        js_self_pid_refresh();
+        return pthread_atfork(NULL, NULL, js_self_pid_refresh);
+    }
+
     enum { JS_SEM_BLOCK = 0, JS_SEM_TRY = 1, JS_SEM_TIMED = 2 };
 
     /* One attempt: 0 when taken, else the errno (EAGAIN busy, ETIMEDOUT, EINTR...).  When
@@ -834,7 +846,7 @@ cdef extern from *:
         if (rc < 0)
             return errno;
         if (holder != NULL)
-            __atomic_store_n(holder, getpid(), __ATOMIC_RELEASE);
+            __atomic_store_n(holder, js_self_pid, __ATOMIC_RELEASE);
         return 0;
     }
 
@@ -922,6 +934,9 @@ cdef extern from *:
     int c_sem_post "sem_post"(sem_t *sem)
     int c_sem_getvalue "sem_getvalue"(sem_t *sem, int *value)
     int c_sem_destroy "sem_destroy"(sem_t *sem)
+    pid_t js_self_pid
+    int js_self_pid_init()
+    void js_self_pid_refresh()
     int js_deadline(double seconds, timespec *out)
     int js_sem_take(sem_t *s, pid_t *holder, int mode, const timespec *deadline) nogil
 
@@ -1021,6 +1036,15 @@ def sem_set_owner(int semid, long uid=-1, long gid=-1) -> None:
 
 # --- POSIX --------------------------------------------------------------------------
 
+if js_self_pid_init() != 0:
+    raise OSError("pthread_atfork failed")
+
+
+def self_pid() -> int:
+    """getpid() without the system call (cached; refreshed after fork)."""
+    return js_self_pid
+
+
 cdef int _sem_acquire(sem_t *sem, pid_t *holder, object timeout) except -1:
     """1 when taken; 0 when not (timeout 0: busy; timeout > 0: timed out); None waits."""
     cdef timespec deadline
@@ -1103,7 +1127,7 @@ cdef class SharedSemaphores:
     child shares it, and the kernel frees it with the last process that maps it, so it
     cannot outlive the instance (no name, nothing in /dev/shm or /tmp).
 
-    wait() stores the caller's pid as holder; post(i, pid) posts only if `pid` holds slot i
+    wait() stores the caller's pid (self_pid()) as holder; post(i, pid) posts only if `pid` holds slot i
     and clears the holder atomically first, so the holder and a master releasing the lock of
     a dead holder can never both post."""
 
@@ -1120,7 +1144,8 @@ cdef class SharedSemaphores:
         if self.slots == NULL:
             raise_errno(f"mmap(MAP_SHARED|MAP_ANON, {count} semaphores)")
         self.count = count
-        self.creator = getpid()
+        js_self_pid_refresh()
+        self.creator = js_self_pid
         for i in range(count):
             err = js_slot_init(&self.slots[i], value)
             if err:
@@ -1148,7 +1173,7 @@ cdef class SharedSemaphores:
         """sem_post slot i if `pid` (default: this process) holds it; False, and nothing
         posted, if it does not."""
         cdef js_semslot *s = self._slot(i)
-        cdef pid_t who = getpid() if pid is None else pid
+        cdef pid_t who = js_self_pid if pid is None else pid
         if who <= 0:
             raise ValueError(f"not a holder pid: {who}")
         cdef int rc = js_slot_post(s, who)
@@ -1172,7 +1197,7 @@ cdef class SharedSemaphores:
         cdef Py_ssize_t i
         if self.slots == NULL:
             return
-        if getpid() == self.creator:
+        if js_self_pid == self.creator:
             for i in range(self.count):
                 c_sem_destroy(&self.slots[i].sem)
         js_slots_unmap(self.slots, <size_t>self.count)
