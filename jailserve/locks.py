@@ -25,6 +25,7 @@ import json
 import mmap
 import os
 import tempfile
+from typing import Callable
 
 from . import _jail, log, privileges
 from .errors import ConfigError
@@ -159,10 +160,10 @@ class IpcSemEngine:
             if e.errno in (errno.EIDRM, errno.EINVAL):
                 raise LockError(f"lock {i}: its SysV set {self.semids[i]} was removed under us") from None
             raise
-        self.holders[i] = os.getpid()
+        self.holders[i] = _jail.self_pid()
 
     def release(self, i: int) -> bool:
-        if self.holders[i] != os.getpid():
+        if self.holders[i] != _jail.self_pid():
             return False
         self.holders[i] = 0
         _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
@@ -426,23 +427,39 @@ class LockSet:
 
 # ---------------------------------------------------------------------------------------
 # the module API (the master, the worker loop and the `uwsgi` module call these)
+#
+# lock()/unlock() are what an app's uwsgi.lock() costs, so they are one Python frame over the
+# engine's C call: the engine's bound methods and the lock count are kept in module globals
+# by setup() (a fork inherits them), not looked up through the LockSet on every call.
 
 _current: LockSet | None = None
+_acquire: Callable[[int], object] | None = None
+_release: Callable[[int], object] | None = None
+_user_locks = 0                           # 0 before setup(): every n is refused
+_thunder: int | None = None
 
 
 def setup(config, run_dir: str | None = None) -> LockSet:
     """In the master before forking: make the instance's locks (replacing any made before)."""
-    global _current
     plan = LockPlan(config)
-    if _current is not None:
-        _current.cleanup()
+    cleanup()
     if plan.ftok and plan.engine != "ipcsem":
         log.emit("ftok is used only by lock-engine = ipcsem: ignored")
-    _current = LockSet(plan, run_dir)
-    atexit.register(_current.cleanup)     # a normal exit that skipped cleanup(); pid-guarded
+    lockset = LockSet(plan, run_dir)
+    _install(lockset)
+    atexit.register(lockset.cleanup)      # a normal exit that skipped cleanup(); pid-guarded
     log.emit(f"lock engine: {plan.engine}, {plan.user_locks} user lock(s), thunder lock: "
              f"{'enabled' if plan.thunder else 'disabled'}")
-    return _current
+    return lockset
+
+
+def _install(lockset: LockSet | None) -> None:
+    global _current, _acquire, _release, _user_locks, _thunder
+    _current = lockset
+    _acquire = lockset.engine.acquire if lockset else None
+    _release = lockset.engine.release if lockset else None
+    _user_locks = lockset.plan.user_locks if lockset else 0
+    _thunder = lockset.thunder_index if lockset else None
 
 
 def current() -> LockSet:
@@ -451,12 +468,22 @@ def current() -> LockSet:
     return _current
 
 
+def _refuse(n: int) -> None:
+    current()._index(n)                   # raises: LockError before setup, else ValueError
+    raise AssertionError(n)
+
+
 def lock(n: int = 0) -> None:
-    current().lock(n)
+    if not 0 <= n < _user_locks:
+        _refuse(n)
+    _acquire(n)
 
 
 def unlock(n: int = 0) -> None:
-    current().unlock(n)
+    # a lock this process does not hold is left alone (as a robust mutex's EPERM)
+    if not 0 <= n < _user_locks:
+        _refuse(n)
+    _release(n)
 
 
 def is_locked(n: int = 0) -> bool:
@@ -464,26 +491,32 @@ def is_locked(n: int = 0) -> bool:
 
 
 def accept_lock() -> None:
-    current().accept_lock()
+    """Around the worker's accept(): serialises it among the workers with `thunder-lock`
+    (nothing without it)."""
+    if _thunder is not None:
+        _acquire(_thunder)
 
 
 def accept_unlock() -> None:
-    current().accept_unlock()
+    if _thunder is not None:
+        _release(_thunder)
 
 
 def release_dead(pid: int) -> list[int]:
-    return current().release_dead(pid) if _current is not None else []
+    """The master, for each worker that died: release (posixsem) or report (ipcsem) what it
+    held.  Returns the lock numbers (the thunder lock is numbered after the user locks)."""
+    return _current.release_dead(pid) if _current is not None else []
 
 
 def cleanup() -> None:
-    global _current
+    """Every exit path of the master: remove the semaphores.  A no-op in a forked child."""
     if _current is not None and _current.owner_pid == os.getpid():
         _current.cleanup()
-        _current = None
+        _install(None)
 
 
 def thunder_lock_enabled() -> bool:
-    return _current is not None and _current.thunder_index is not None
+    return _thunder is not None
 
 
 __all__ = ["setup", "lock", "unlock", "is_locked", "accept_lock", "accept_unlock", "release_dead",
