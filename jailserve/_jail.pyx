@@ -214,12 +214,13 @@ def jail(path, hostname, jailname, bytes ip4 not None, bytes ip6 not None) -> in
     ip4 / ip6: concatenated in_addr (4 bytes) / in6_addr (16 bytes) in network order, the
     first address primary.  Empty ip4 means the jail may use no IPv4 (FREEBSD_JAILS §1.2).
     """
-    _fb_only("jail")
+    # arguments are checked first, on every OS, so that these checks are tested on Linux too
     if len(ip4) % 4 or len(ip6) % 16:
         raise ValueError("ip4 must be a multiple of 4 bytes and ip6 of 16 (in_addr / in6_addr)")
     cdef bytes c_path = _fb_cstring(path, "path")
     cdef bytes c_host = _fb_cstring(hostname, "hostname")
     cdef bytes c_name = None if jailname is None else _fb_cstring(jailname, "jailname")
+    _fb_only("jail")
     cdef const char *name_p = NULL                     # NULL: no name (§1.2)
     cdef const char *ip4_p = NULL                      # NULL is allowed with a count of 0
     cdef const char *ip6_p = NULL
@@ -281,8 +282,8 @@ def jail_set(pairs, int flags) -> int:
     niov is 2 * (pairs + 1) with the errmsg pair (§11.1); the kernel's message goes into the
     OSError.  With JAIL_ATTACH the process is inside afterwards and the cwd is "/".
     """
-    _fb_only("jail_set")
     cdef list keep = _fb_pairs(pairs, False)
+    _fb_only("jail_set")
     cdef Py_ssize_t n = len(keep), i
     cdef char errmsg[1024]
     cdef js_fb_iovec *iov = _fb_iovec(n)
@@ -312,8 +313,8 @@ def jail_get(pairs, int flags=0):
     Returns (jid, [bytes per pair]), each value cut to the length the kernel reported
     (§2.6).  Every buffer is a private bytearray because the kernel writes into them.
     """
-    _fb_only("jail_get")
     cdef list keep = _fb_pairs(pairs, True)
+    _fb_only("jail_get")
     cdef list bufs = [bytearray() if v is None else bytearray(v) for _, v in keep]
     cdef Py_ssize_t n = len(keep), i
     cdef char errmsg[1024]

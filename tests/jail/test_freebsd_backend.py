@@ -183,3 +183,32 @@ def test_list_decoding():
     assert fb._jail_info(3, values) == {
         "jid": 3, "name": "web", "hostname": "h", "root": "/jails/web", "ip4": ["198.18.0.2"],
         "ip6": ["fd00::2"], "addresses": ["198.18.0.2", "fd00::2"], "persist": True}
+
+
+# --- _jail's argument checks run before the platform check, so they are tested here -------
+
+@pytest.mark.parametrize("pairs, error", [
+    ([(b"persist", None)], ValueError),              # §2.2: the name must end in its NUL
+    ([(b"per\0sist\0", None)], ValueError),          # one NUL, at the end
+    ([("persist\0", None)], ValueError),             # bytes, not str
+    ([(b"enforce_statfs\0", 1)], TypeError),         # jail_set values are bytes or None
+])
+def test_jail_set_argument_checks(pairs, error):
+    with pytest.raises(error):
+        _jail.jail_set(pairs, fb.JAIL_CREATE | fb.JAIL_ATTACH)
+
+
+def test_jail_get_takes_int_sizes_but_checks_names():
+    with pytest.raises(ValueError):
+        _jail.jail_get([(b"name", 256)], 0)
+
+
+@pytest.mark.parametrize("args", [
+    ("/j", "", None, b"\x7f\x00\x00", b""),           # ip4 not a multiple of 4 (in_addr)
+    ("/j", "", None, b"", b"\x00" * 15),              # ip6 not a multiple of 16 (in6_addr)
+    ("/j\0x", "", None, b"", b""),                    # an embedded NUL would cut the path
+    ("/j", "h", "a\0b", b"", b""),
+])
+def test_jail_argument_checks(args):
+    with pytest.raises(ValueError):
+        _jail.jail(*args)
