@@ -6,11 +6,14 @@ These are the bytes _jail.jail_set points its iovecs at; nothing here runs on Fr
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import socket
 import struct
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
 
 from jailserve.jail import freebsd_params as fp
 
@@ -404,3 +407,33 @@ def pair_probed(entry: str):
     key, sep, value = entry.partition("=")
     canon, typed = fp.parse(key, value if sep else None, PROBE)
     return fp.encode(canon, typed, fp.kind_of(canon, PROBE))
+
+
+# --- properties against an independent oracle ------------------------------------------
+
+ip4_text = st.integers(1, 2**32 - 2).map(lambda n: str(ipaddress.IPv4Address(n)))
+ip6_text = st.integers(1, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
+
+
+@given(st.lists(ip4_text, min_size=1, max_size=8, unique=True))
+def test_ip4_array_is_inet_pton_concatenated(addrs):
+    # §3.8: each element through inet_pton(AF_INET), output concatenated, order kept
+    assert pair("ip4.addr=" + ",".join(addrs))[1] == b"".join(socket.inet_pton(socket.AF_INET, a) for a in addrs)
+
+
+@given(st.lists(ip6_text, min_size=1, max_size=4, unique=True))
+def test_ip6_array_is_inet_pton_concatenated(addrs):
+    assert pair("ip6.addr=" + ",".join(addrs))[1] == b"".join(socket.inet_pton(socket.AF_INET6, a) for a in addrs)
+
+
+@given(st.integers(-(2**31), 2**31 - 1))
+def test_securelevel_is_a_c_int(value):
+    # §2.3: exactly 4 bytes, the C int of the process (ctypes as the oracle)
+    assert pair(f"securelevel={value}")[1] == bytes(ctypes.c_int(value))
+
+
+@given(st.sampled_from(sorted(k for k, p in fp.TABLE.items() if p.kind == fp.BOOL and p.when != fp.RO)),
+       st.booleans())
+def test_every_boolean_true_is_key_false_is_no_form(key, value):
+    # §2.3, §11.3: booleans are never sent with a value
+    assert pair(f"{key}={'true' if value else 'false'}") == ((key if value else fp.noname(key)).encode() + b"\0", None)
