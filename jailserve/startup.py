@@ -28,9 +28,14 @@ import gc
 import os
 import sys
 
-from . import apps, hooks, log, privileges, sockets, uwsgi_compat
+# Everything the start-up needs after the privilege drop and the jail is imported now: after
+# them the interpreter's own files may no longer be readable (a jail without the stdlib, a
+# uid that cannot read the install).
+from . import __version__, apps, hooks, locks, log, privileges, sockets, uwsgi_compat
 from .apps import AppLoadError
+from .master import Master, MasterConfig, StatusSlots
 from .privileges import DropError
+from .worker import Worker, run_forked
 
 __all__ = ["run", "StartupError"]
 
@@ -86,8 +91,6 @@ def _run(plan, config, drop) -> int:
 
 
 def _banner(config) -> None:
-    from . import __version__
-
     log.emit(f"*** Starting jailserve {__version__} (Python {sys.version.split()[0]}) ***")
     log.emit(f"detected binary path: {sys.executable}")
     if not config.get("master"):
@@ -121,12 +124,10 @@ def _chdir(app_spec) -> None:
 
 
 def _serve(plan, config, listeners, cleanup) -> int:
-    from .master import Master, MasterConfig
-    from .worker import Worker, run_forked
-
     processes = config.get("processes")
     use_master = config.get("master") or processes > 1
-    locks = _setup_locks(config, cleanup)
+    locks.setup(config)                   # semaphores made after the drop belong to uid
+    cleanup.locks = locks
     uwsgi_compat.install(config, processes, os.getpid() if use_master else 0)
     apps.prepare_paths(plan.app)
     app = None if plan.app.lazy else _load_app(plan)
@@ -134,13 +135,11 @@ def _serve(plan, config, listeners, cleanup) -> int:
     try:
         if not use_master:
             # uWSGI: without master and with one process, the process is worker 1.
-            from .master import StatusSlots
-
             return run_forked(worker, 1, StatusSlots(1).slot(1))
         # Objects made so far live for the whole run; freezing them keeps the collector from
         # writing to their pages in every worker, so those pages stay shared (DESIGN §5).
         gc.freeze()
-        mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead if locks else None)
+        mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead)
         return Master(mc, lambda wid, slot: run_forked(worker, wid, slot)).run()
     finally:
         cleanup.run()
@@ -152,18 +151,6 @@ def _load_app(plan):
     log.emit(f"WSGI app 0 (mountpoint='') ready in the master (pid: {os.getpid()})")
     hooks.run_phase(plan.hooks, "post-app", log.emit)
     return app
-
-
-def _setup_locks(config, cleanup):
-    import importlib.util
-
-    if importlib.util.find_spec("jailserve.locks") is None:
-        return None
-    from . import locks
-
-    locks.setup(config)
-    cleanup.locks = locks
-    return locks
 
 
 class Cleanup:
@@ -196,8 +183,8 @@ class Cleanup:
         if os.getpid() != self.pid:
             return                       # a forked child (worker, hook) never cleans up
         if self.locks is not None:
-            locks, self.locks = self.locks, None
-            locks.cleanup()
+            engine, self.locks = self.locks, None
+            engine.cleanup()
         for path in self.paths:
             try:
                 os.unlink(path)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from . import locks
+
 SPOOL_OK = -2          # constants some apps reference at import time
 SPOOL_RETRY = -1
 SPOOL_IGNORE = 0
@@ -56,18 +58,12 @@ def masterpid() -> int:
 
 
 def lock(n: int = 0) -> None:
-    from . import locks
-
     locks.lock(n)
 
 
 def unlock(n: int = 0) -> None:
-    from . import locks
-
     locks.unlock(n)
 
 
 def is_locked(n: int = 0) -> bool:
-    from . import locks
-
     return locks.is_locked(n)

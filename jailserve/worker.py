@@ -20,7 +20,7 @@ import socket
 import sys
 import traceback
 
-from . import apps, log, uwsgi_compat
+from . import _core, apps, log, uwsgi_compat
 
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
@@ -40,8 +40,6 @@ class Worker:
 
     def run(self, wid: int, slot) -> int:
         """The worker's life; returns the exit code (apps.FAILED_APP_CODE when the app fails)."""
-        from . import _core
-
         self._install_signals(_core.request_stop)
         uwsgi_compat.set_worker_id(wid)
         app = self.app

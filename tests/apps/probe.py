@@ -2,7 +2,8 @@
 
 /            hello
 /whoami      pid, uid, gid, groups, cwd, worker id, numproc, masterpid, an opt value, env TESTVAR
-/sleep?N     sleeps N seconds (for harakiri and graceful-stop tests)
+/sleep?N     sleeps N seconds (for harakiri and graceful-stop tests); with PROBE_MARKS=dir
+             in the environment it first creates dir/sleeping-PID
 /echo        the request body back
 /big?N       N bytes of 'x'
 """
@@ -25,6 +26,8 @@ def application(environ, start_response):
             "testvar": os.environ.get("TESTVAR"), "loaded_in": LOADED_IN,
         }).encode()
     elif path == "/sleep":
+        if os.environ.get("PROBE_MARKS"):      # tells the test the request is in the app now
+            open(os.path.join(os.environ["PROBE_MARKS"], f"sleeping-{os.getpid()}"), "w").close()
         time.sleep(float(environ.get("QUERY_STRING") or "1"))
         body = b"slept"
     elif path == "/echo":

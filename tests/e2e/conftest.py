@@ -15,6 +15,7 @@ def serve(tmp_path):
         server = Server(list(argv), tmp_path, env)
         started.append(server)
         return server
+    start.tmp_path = tmp_path
     yield start
     for server in started:
         server.kill()
