@@ -264,8 +264,8 @@ def _check_addrs(param: JailParam, kind: str) -> None:
 def _assemble(config, platform, base, params, kinds) -> JailSpec:
     fields = dict(base)
     if params:
-        fields.update(_from_params(params, config))
-    fields.update(_addresses(config, fields, params))
+        fields.update(_from_params(params))
+    fields.update(_addresses(config, params))
     fields.update(_derived(params))
     return JailSpec(
         params=tuple(params.values()),
@@ -278,14 +278,14 @@ def _assemble(config, platform, base, params, kinds) -> JailSpec:
     )
 
 
-def _from_params(params: dict[str, JailParam], config) -> dict[str, Any]:
+def _from_params(params: dict[str, JailParam]) -> dict[str, Any]:
     def value(key):
         return params[key].value if key in params else None
     return {"source": "jail2", "root": value("path"), "hostname": value("host.hostname"),
             "name": value("name"), "origin": next(iter(params.values())).origin}
 
 
-def _addresses(config, fields: dict, params: dict[str, JailParam]) -> dict[str, Any]:
+def _addresses(config, params: dict[str, JailParam]) -> dict[str, Any]:
     """jail-ip4/6 addresses, after any jail2 ip4.addr/ip6.addr ones; the first is primary."""
     out: dict[str, Any] = {}
     for family, option, key, kind in (("ip4", "jail-ip4", "ip4.addr", fp.IP4), ("ip6", "jail-ip6", "ip6.addr", fp.IP6)):
