@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +216,38 @@ def test_jail_get_takes_int_sizes_but_checks_names():
 def test_jail_argument_checks(args):
     with pytest.raises(ValueError):
         _jail.jail(*args)
+
+
+# --- before jailing: one jail per process, single-threaded, no directory fds (§11.12, §11.13) --
+
+def test_a_second_jailing_in_one_process_is_refused(monkeypatch):
+    monkeypatch.setattr(fb, "_entered", True)
+    with pytest.raises(RuntimeError, match="already been jailed once"):
+        fb.create(spec_of("--jail", "/j"))
+
+
+def test_an_open_directory_fd_is_refused(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(RuntimeError, match=f"file descriptor {fd} is an open directory"):
+            fb._check_safe_to_jail()
+    finally:
+        os.close(fd)
+
+
+def test_a_fresh_process_passes_the_checks():
+    # the positive control, in a fresh interpreter (the test process may hold other threads)
+    code = "from jailserve.jail import freebsd; freebsd._check_safe_to_jail()"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_a_running_thread_is_refused():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with pytest.raises(RuntimeError, match="threads running"):
+            fb._check_safe_to_jail()
+    finally:
+        stop.set()
+        thread.join()
