@@ -838,6 +838,19 @@ cdef extern from *:
 
     enum { JS_SEM_BLOCK = 0, JS_SEM_TRY = 1, JS_SEM_TIMED = 2 };
 
+    /* Which SysV key space this process sees: on Linux the IPC namespace's inode (a jail
+       has its own), so a record of sets made in another namespace is not mistaken for
+       ours.  FreeBSD: 0; a jail with sysvsem=new has its own root, hence its own records. */
+    #include <sys/stat.h>
+    static long long js_ipc_space(void) {
+    #if defined(__linux__)
+        struct stat st;
+        return stat("/proc/self/ns/ipc", &st) == 0 ? (long long)st.st_ino : 0;
+    #else
+        return 0;
+    #endif
+    }
+
     /* One attempt: 0 when taken, else the errno (EAGAIN busy, ETIMEDOUT, EINTR...).  When
        `holder` is given the caller's pid is stored there at once: a SIGKILL landing between
        the two statements leaves a held lock nobody owns (docs/locks.md). */
@@ -936,6 +949,7 @@ cdef extern from *:
     int c_sem_getvalue "sem_getvalue"(sem_t *sem, int *value)
     int c_sem_destroy "sem_destroy"(sem_t *sem)
     pid_t js_self_pid
+    long long js_ipc_space()
     int js_self_pid_init()
     void js_self_pid_refresh()
     int js_deadline(double seconds, timespec *out)
@@ -981,6 +995,11 @@ def ftok(path, int proj_id) -> int:
     if key == -1:
         raise_errno(f"ftok({path!r}, {proj_id})")
     return key
+
+
+def ipc_space() -> int:
+    """An id of the SysV key space this process sees (Linux: its IPC namespace; 0 elsewhere)."""
+    return js_ipc_space()
 
 
 def semget(key_t key, int nsems, int flags) -> int:
