@@ -276,8 +276,8 @@ class Registry:
     def write(self, engine: IpcSemEngine, persistent: bool) -> None:
         if self.path is None:
             return
-        record = {"pid": os.getpid(), "persistent": persistent, "keyed": engine.keyed,
-                  "sets": engine.registry_sets()}
+        record = {"pid": os.getpid(), "ipc_space": _jail.ipc_space(), "persistent": persistent,
+                  "keyed": engine.keyed, "sets": engine.registry_sets()}
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(record, f)
@@ -298,7 +298,7 @@ class Registry:
         except PermissionError:
             # after the drop the directory may not be ours; an empty record says the same
             with open(self.path, "w") as f:
-                json.dump({"pid": 0, "sets": []}, f)
+                json.dump({"pid": 0, "ipc_space": _jail.ipc_space(), "sets": []}, f)
 
     def sweep(self) -> list[int]:
         """Remove the sets of every record whose master is dead, or is this process (the
@@ -319,6 +319,8 @@ def sweep_record(path: str) -> list[int]:
     except (OSError, ValueError):
         return []
     pid = record.get("pid", 0)
+    if record.get("ipc_space", 0) != _jail.ipc_space():
+        return []                         # made in another IPC namespace: not ours to judge
     if pid and pid != os.getpid() and pid_alive(pid):
         return []                         # a live instance: its sets are in use
     if record.get("persistent") and record.get("keyed"):

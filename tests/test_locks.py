@@ -395,3 +395,67 @@ def test_ipcs_lists_exactly_our_sets(lockset):
     out = subprocess.run(["ipcs", "-s"], capture_output=True, text=True, check=True).stdout
     listed = {int(f[1]) for f in (line.split() for line in out.splitlines()) if len(f) >= 5 and f[1].isdigit()}
     assert not ours & listed
+
+
+# --- the registry sweep ------------------------------------------------------------------
+
+def dead_pid() -> int:
+    pid = fork_child(lambda: 0)
+    reap(pid)
+    return pid
+
+
+def stray_set() -> int:
+    semid = _jail.semget(_jail.IPC_PRIVATE, 1, _jail.IPC_CREAT | _jail.IPC_EXCL | 0o600)
+    _jail.semctl(semid, 0, _jail.SETVAL, 1)
+    return semid
+
+
+def write_record(run_dir, name, pid, space, semid):
+    import json
+
+    (run_dir / "locks").mkdir(parents=True, exist_ok=True)
+    (run_dir / "locks" / f"{name}.json").write_text(json.dumps(
+        {"pid": pid, "ipc_space": space, "sets": [locks.set_identity(semid)]}))
+
+
+def set_exists(semid: int) -> bool:
+    try:
+        _jail.semctl(semid, 0, _jail.GETVAL)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("whose,removed", [("dead", True), ("alive", False), ("other-namespace", False)])
+def test_setup_sweeps_only_the_sets_of_dead_masters_in_this_ipc_namespace(whose, removed, lockset, tmp_path):
+    run_dir = tmp_path / "run"
+    semid = stray_set()
+    try:
+        pid = os.getppid() if whose == "alive" else dead_pid()
+        space = _jail.ipc_space() + (1 if whose == "other-namespace" else 0)
+        write_record(run_dir, "someone-else", pid, space, semid)
+        lockset("--lock-engine", "ipcsem", run_dir=str(run_dir))
+        assert set_exists(semid) is not removed
+        assert (run_dir / "locks" / "someone-else.json").exists() is not removed
+    finally:
+        if set_exists(semid):
+            _jail.semctl(semid, 0, _jail.IPC_RMID)
+
+
+def test_sweep_leaves_a_recycled_id_alone(lockset, tmp_path):
+    # the record names a set id that now belongs to a set made later (ctime differs)
+    import json
+
+    run_dir = tmp_path / "run"
+    semid = stray_set()
+    try:
+        write_record(run_dir, "old", dead_pid(), _jail.ipc_space(), semid)
+        path = run_dir / "locks" / "old.json"
+        record = json.loads(path.read_text())
+        record["sets"][0]["ctime"] -= 100
+        path.write_text(json.dumps(record))
+        lockset("--lock-engine", "ipcsem", run_dir=str(run_dir))
+        assert set_exists(semid)
+    finally:
+        _jail.semctl(semid, 0, _jail.IPC_RMID)
