@@ -128,10 +128,11 @@ class JailSpec:
 def build_spec(config, platform: str | None = None, probe: fp.Probe | None = None) -> JailSpec | None:
     """Validate the jail options of `config` for `platform`; None when no jail option is set.
 
-    platform: default `check-platform` when set (for `--check --check-platform freebsd`),
-    else the OS we run on.  probe: how to learn the type of a jail2 key missing from the
-    table (FreeBSD_JAILS §2.7); by default the kernel's sysctls when validating for the
-    FreeBSD we run on, none otherwise (an unknown key is then an error).
+    platform: default config.platform (`check-platform` when set, as in `--check
+    --check-platform freebsd`, else the OS we run on).
+    probe: how to learn the type of a jail2 key missing from the table (FREEBSD_JAILS §2.7);
+    by default the kernel's sysctls when validating for the FreeBSD we run on, none
+    otherwise (an unknown key is then an error).
     """
     if not any(config.has(name) for name in JAIL_OPTIONS):
         return None
@@ -152,6 +153,9 @@ def build_spec(config, platform: str | None = None, probe: fp.Probe | None = Non
 
 
 def _target_platform(config) -> str:
+    # the Config knows the platform it was validated for; fall back to the option itself
+    if getattr(config, "platform", None) in ALL_PLATFORMS:
+        return config.platform
     if not config.has("check-platform"):
         return current_platform()
     value = config.get("check-platform")
