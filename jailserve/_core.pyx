@@ -556,7 +556,8 @@ cdef class RequestParser:
       ("vars", pairs)                                                          [uwsgi]
       ("environ", dict)        instead of the two above when environ= (a base dict) is given
       ("body", bytes) ... ("end",)
-    Raises HTTPError; once it has, every later feed() raises it again."""
+    Raises HTTPError (when events came before the error in the same call, they are returned
+    and the next feed() raises); once failed, every later feed() raises it again."""
 
     def __cinit__(self, Py_ssize_t buffer_size=4096, int max_headers=100,
                   str protocol="http", environ=None):
@@ -1157,6 +1158,10 @@ cdef class RequestParser:
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             self.feed_bytes(<const char *>view.buf, view.len, events)
+        except HTTPError:
+            if not events:
+                raise
+            # the events before the error are delivered; the next feed() raises the error
         finally:
             PyBuffer_Release(&view)
         return events

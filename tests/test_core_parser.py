@@ -1,0 +1,180 @@
+"""The request corpus (tests/http/) run through the sans-I/O parser, plus chunk-split invariance.
+
+Each case is `NAME.http` (the bytes, written with visible escapes: real newlines are layout
+only, `\\r` `\\n` `\\t` `\\xHH` `\\\\` are the bytes) and `NAME.json` (the expectation and the RFC
+clause it comes from).  Valid cases list the requests the parser must report; invalid ones the
+status and rule (`HTTPError.code`) and how many requests come before the error.
+"""
+import codecs
+import json
+import pathlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jailserve import _core
+
+CORPUS = pathlib.Path(__file__).parent / "http"
+
+
+def load(path):
+    raw = path.read_bytes().replace(b"\n", b"")
+    data = codecs.escape_decode(raw)[0]
+    exp = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    return data, exp
+
+
+def cases(kind):
+    return sorted(CORPUS.joinpath(kind).glob("*.http"))
+
+
+def parser(exp, environ=None):
+    return _core.RequestParser(buffer_size=exp.get("buffer_size", 4096),
+                               max_headers=exp.get("max_headers", 100),
+                               protocol=exp.get("protocol", "http"), environ=environ)
+
+
+def lat(s):
+    return s.encode("latin-1")
+
+
+def merge(events):
+    """Consecutive body events as one: how the body is split is not part of the meaning."""
+    out = []
+    for ev in events:
+        if ev[0] == "body" and out and out[-1][0] == "body":
+            out[-1] = ("body", out[-1][1] + ev[1])
+        else:
+            out.append(ev)
+    return out
+
+
+def expected_events(exp):
+    out = []
+    for r in exp["requests"]:
+        if "vars" in r:
+            out.append(("vars", tuple((lat(k), lat(v)) for k, v in r["vars"])))
+        else:
+            out.append(("head", lat(r["method"]), lat(r["target"]), lat(r["version"]),
+                        tuple((lat(k), lat(v)) for k, v in r["headers"]),
+                        r["keep_alive"], r["expect_continue"]))
+        if r["body"]:
+            out.append(("body", lat(r["body"])))
+        out.append(("end",))
+    return out
+
+
+def feed_all(p, data, step):
+    events = []
+    for i in range(0, len(data), step):
+        events += p.feed(data[i:i + step])
+    return events
+
+
+def test_corpus_size():
+    # issue 3 acceptance: at least 120 cases, valid and invalid
+    assert len(cases("valid")) + len(cases("invalid")) >= 120
+    for path in cases("valid") + cases("invalid"):
+        assert load(path)[1]["cite"].strip(), path.name
+
+
+@pytest.mark.parametrize("path", cases("valid"), ids=lambda p: p.stem)
+def test_valid(path):
+    data, exp = load(path)
+    want = expected_events(exp)
+    assert merge(parser(exp).feed(data)) == want
+    assert merge(feed_all(parser(exp), data, 1)) == want
+
+
+@pytest.mark.parametrize("path", cases("valid"), ids=lambda p: p.stem)
+def test_valid_environ(path):
+    data, exp = load(path)
+    envs = [ev[1] for ev in parser(exp, environ={}).feed(data) if ev[0] == "environ"]
+    assert len(envs) == len(exp["requests"])
+    for env, r in zip(envs, exp["requests"]):
+        for key, value in r.get("environ", {}).items():
+            assert env[key] == value, key
+        for key in exp.get("absent", []):
+            assert key not in env
+        for key, value in env.items():
+            assert type(key) is str and type(value) is str   # PEP 3333 native strings
+
+
+@pytest.mark.parametrize("path", cases("invalid"), ids=lambda p: p.stem)
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_invalid(path, step):
+    data, exp = load(path)
+    p = parser(exp)
+    events = []
+    with pytest.raises(_core.HTTPError) as info:
+        for i in range(0, len(data), step or len(data)):
+            events += p.feed(data[i:i + (step or len(data))])
+        p.feed(b"")     # events before an error come first, the error on the next feed()
+    assert (info.value.status, info.value.code) == (exp["status"], exp["error"])
+    assert sum(1 for ev in events if ev[0] in ("head", "vars")) == exp["requests_before"]
+    # nothing after an error reaches the app: the parser stays failed
+    with pytest.raises(_core.HTTPError):
+        p.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+def test_error_is_one_exception_with_status():
+    with pytest.raises(_core.HTTPError) as info:
+        _core.RequestParser().feed(b"GET / HTTP/2.0\r\n\r\n")
+    e = info.value
+    assert e.status == 505 and e.reason == "HTTP Version Not Supported"
+    assert "505" in str(e)
+
+
+def test_slow_drip_head_is_linear():
+    # h11 _receivebuffer lesson: the end-of-head search resumes, it does not rescan.
+    p = _core.RequestParser(buffer_size=65536, max_headers=10000)
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-A: b\r\n" * 5000
+    for i in range(len(head)):
+        assert p.feed(head[i:i + 1]) == []
+    assert p.feed(b"\r\n")[0][0] == "head"
+
+
+def test_body_larger_than_buffer():
+    body = bytes(range(256)) * 64
+    p = _core.RequestParser(buffer_size=256)
+    data = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    events = merge(p.feed(data))
+    assert events[1] == ("body", body) and events[2] == ("end",)
+
+
+def test_constructor_limits():
+    with pytest.raises(ValueError):
+        _core.RequestParser(buffer_size=10)
+    with pytest.raises(ValueError):
+        _core.RequestParser(protocol="spdy")
+
+
+# -- chunk-split invariance (hypothesis) -----------------------------------------------------
+VALID_STREAMS = [load(p) for p in cases("valid")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VALID_STREAMS), st.lists(st.integers(min_value=0, max_value=1 << 16),
+                                               max_size=20))
+def test_any_split_gives_same_events(case, cuts):
+    data, exp = case
+    whole = merge(parser(exp).feed(data))
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    p = parser(exp)
+    events = []
+    prev = 0
+    for c in points + [len(data)]:
+        events += p.feed(data[prev:c])
+        prev = c
+    assert merge(events) == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([s for s in VALID_STREAMS if "protocol" not in s[1]
+                                 and all(r["keep_alive"] for r in s[1]["requests"])]),
+                min_size=2, max_size=5),
+       st.integers(min_value=1, max_value=64))
+def test_pipelined_streams_split(streams, step):
+    data = b"".join(d for d, _ in streams)
+    want = [ev for d, e in streams for ev in expected_events(e)]
+    assert merge(feed_all(_core.RequestParser(), data, step)) == want
