@@ -117,13 +117,17 @@ class PosixSemEngine:
 class IpcSemEngine:
     """One SysV set of one semaphore per lock, SEM_UNDO on every operation (uWSGI's ipcsem).
 
-    Holder pids live in a small shared mapping too, written only by the process holding the
-    lock (so the lock itself guards them): they let unlock() refuse a lock this process does
-    not hold (an extra +1 would let two holders in) and let the master name a dead holder."""
+    Holder pids live in a small shared mapping too, written only while holding the lock (so
+    the lock itself guards them): they let unlock() refuse a lock this process does not hold
+    (an extra +1 would let two holders in), and name a holder that died: unlock clears the
+    word, so a word still set when the lock is next taken belongs to a dead holder.  Whoever
+    takes the lock first after the death (the next worker, or the master in release_dead)
+    reports it, exactly once, through `on_dead_holder`."""
 
     name = "ipcsem"
 
-    def __init__(self, plan: LockPlan):
+    def __init__(self, plan: LockPlan, on_dead_holder: Callable[[int, int], None]):
+        self.on_dead_holder = on_dead_holder
         self.semids: list[int] = []
         self.keyed = bool(plan.ftok)
         self.persistent = plan.persistent
@@ -160,7 +164,10 @@ class IpcSemEngine:
             if e.errno in (errno.EIDRM, errno.EINVAL):
                 raise LockError(f"lock {i}: its SysV set {self.semids[i]} was removed under us") from None
             raise
+        previous = self.holders[i]
         self.holders[i] = _jail.self_pid()
+        if previous:
+            self.on_dead_holder(i, previous)
 
     def release(self, i: int) -> bool:
         if self.holders[i] != _jail.self_pid():
@@ -176,9 +183,18 @@ class IpcSemEngine:
         return self.holders[i] if self.is_locked(i) else 0
 
     def release_dead(self, i: int, pid: int) -> bool:
-        # The kernel undid the dead holder's -1 (SEM_UNDO) as it exited; only report it.
-        # The holder word is left to the next holder, who overwrites it under the lock.
-        return self.holders[i] == pid
+        # The kernel undid the dead holder's -1 (SEM_UNDO) as it exited.  Take the lock
+        # (without waiting) to read and clear its word under the lock; if someone else has
+        # it, that one saw the word when it took the lock and reported it.
+        if self.holders[i] != pid or not _jail.semop(self.semids[i], 0, -1, _jail.SEM_UNDO | _jail.IPC_NOWAIT):
+            return False
+        try:
+            if self.holders[i] != pid:
+                return False
+            self.holders[i] = 0
+            return True
+        finally:
+            _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
 
     def chown(self, uid: int | None, gid: int | None) -> None:
         for semid in self.semids:
@@ -363,8 +379,8 @@ class LockSet:
             if self.registry.path is None:
                 log.emit("no writable registry directory: SysV sets of a killed master will not be found")
             self.registry.sweep()
-        self.engine = IpcSemEngine(plan) if plan.engine == "ipcsem" else PosixSemEngine(plan.total)
         self.thunder_index = plan.user_locks if plan.thunder else None
+        self.engine = IpcSemEngine(plan, self._report_dead) if plan.engine == "ipcsem" else PosixSemEngine(plan.total)
         if self.registry is not None:
             self.registry.write(self.engine, plan.persistent)
         self._give_to_user()
@@ -406,9 +422,12 @@ class LockSet:
         """The master: worker `pid` died; release (posixsem) or report (ipcsem) its locks."""
         freed = [i for i in range(self.plan.total) if self.engine.release_dead(i, pid)]
         for i in freed:
-            how = "released by the kernel (SEM_UNDO)" if self.engine.name == "ipcsem" else "released by the master"
-            log.emit(f"{self._name(i)} was held by dead process {pid}: {how}")
+            self._report_dead(i, pid)
         return freed
+
+    def _report_dead(self, i: int, pid: int) -> None:
+        how = "released by the kernel (SEM_UNDO)" if self.plan.engine == "ipcsem" else "released by the master"
+        log.emit(f"{self._name(i)} was held by dead process {pid}: {how}")
 
     def _name(self, i: int) -> str:
         return "thunder lock" if i == self.thunder_index else f"lock {i}"

@@ -256,6 +256,19 @@ def test_ipcsem_killed_holder_is_released_by_the_kernel(lockset, capfd):
     locks.unlock(1)
 
 
+def test_ipcsem_dead_holder_is_reported_once_by_whoever_takes_the_lock_first(lockset, capfd):
+    # the next worker may take the lock (freed by SEM_UNDO) before the master hears of the
+    # death: then the taker reports it, and the master's release_dead finds nothing more
+    lockset("--lock-engine", "ipcsem")
+    pid = kill_while_holding(0)
+    with alarm_guard():
+        locks.lock(0)
+    locks.unlock(0)
+    assert locks.release_dead(pid) == []
+    err = capfd.readouterr().err
+    assert err.count(f"lock 0 was held by dead process {pid}: released by the kernel (SEM_UNDO)") == 1
+
+
 def test_posixsem_killed_holder_is_released_by_release_dead(lockset, capfd):
     lockset("--lock-engine", "posixsem", "--locks", "1")
     pid = kill_while_holding(1)
