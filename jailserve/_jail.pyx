@@ -1010,9 +1010,10 @@ def semget(key_t key, int nsems, int flags) -> int:
     return semid
 
 
-def semop(int semid, int semnum, int op, int flags=0) -> bool:
-    """semop(2) with one operation.  True when done; False only when IPC_NOWAIT is in flags
-    and the operation would block.  A blocking wait releases the GIL."""
+def semop(int semid, int semnum, int op, int flags=0, bint restart=True) -> bool:
+    """semop(2) with one operation.  True when done; False when IPC_NOWAIT is in flags and
+    it would block, or (restart=False) when a signal interrupted the wait, once its Python
+    handler has run.  A blocking wait releases the GIL."""
     # Try without blocking first: an uncontended lock needs no GIL round trip.
     cdef int err = js_semop1(semid, semnum, op, flags | c_IPC_NOWAIT)
     while err != 0:
@@ -1021,6 +1022,8 @@ def semop(int semid, int semnum, int op, int flags=0) -> bool:
                 return False
         elif err == EINTR:
             PyErr_CheckSignals()
+            if not restart:
+                return False
         else:
             _raise_err(err, f"semop(semid={semid}, sem={semnum}, op={op})")
         with nogil:
@@ -1065,8 +1068,9 @@ def self_pid() -> int:
     return js_self_pid
 
 
-cdef int _sem_acquire(sem_t *sem, pid_t *holder, object timeout) except -1:
-    """1 when taken; 0 when not (timeout 0: busy; timeout > 0: timed out); None waits."""
+cdef int _sem_acquire(sem_t *sem, pid_t *holder, object timeout, bint restart=True) except -1:
+    """1 when taken; 0 when not (timeout 0: busy; timeout > 0: timed out; restart=False: a
+    signal's handler ran and did not raise); None waits."""
     cdef timespec deadline
     cdef int mode = JS_SEM_BLOCK
     cdef int err
@@ -1082,6 +1086,8 @@ cdef int _sem_acquire(sem_t *sem, pid_t *holder, object timeout) except -1:
             return 0
         if err == EINTR:
             PyErr_CheckSignals()
+            if not restart:
+                return 0
         elif err != EAGAIN:
             _raise_err(err, "sem_wait")
         with nogil:
@@ -1180,10 +1186,11 @@ cdef class SharedSemaphores:
             raise IndexError(f"semaphore {i} out of range 0..{self.count - 1}")
         return &self.slots[i]
 
-    def wait(self, Py_ssize_t i, timeout=None) -> bool:
-        """sem_wait (None), sem_trywait (0) or sem_timedwait (seconds): True when taken."""
+    def wait(self, Py_ssize_t i, timeout=None, bint restart=True) -> bool:
+        """sem_wait (None), sem_trywait (0) or sem_timedwait (seconds): True when taken.
+        restart=False: False when a signal interrupted the wait (its handler has run)."""
         cdef js_semslot *s = self._slot(i)
-        return _sem_acquire(&s.sem, &s.holder, timeout) == 1
+        return _sem_acquire(&s.sem, &s.holder, timeout, restart) == 1
 
     def trywait(self, Py_ssize_t i) -> bool:
         cdef js_semslot *s = self._slot(i)
