@@ -90,11 +90,14 @@ class PosixSemEngine:
     def __init__(self, total: int):
         self.sems = _jail.SharedSemaphores(total)
 
-    def acquire(self, i: int) -> None:
-        self.sems.wait(i)
+    def acquire(self, i: int, restart: bool = True) -> bool:
+        return self.sems.wait(i, None, restart)   # False: a signal, restart=False
 
     def release(self, i: int) -> bool:
         return self.sems.post(i)          # False when this process does not hold it
+
+    def fast_ops(self) -> tuple[Callable, Callable]:
+        return self.sems.wait, self.sems.post     # C methods: lock() adds one frame only
 
     def is_locked(self, i: int) -> bool:
         return self.sems.value(i) == 0
@@ -157,9 +160,10 @@ class IpcSemEngine:
         self.semids.append(semid)         # kept before SETVAL: a failure still removes it
         _jail.semctl(semid, 0, _jail.SETVAL, 1)
 
-    def acquire(self, i: int) -> None:
+    def acquire(self, i: int, restart: bool = True) -> bool:
         try:
-            _jail.semop(self.semids[i], 0, -1, _jail.SEM_UNDO)
+            if not _jail.semop(self.semids[i], 0, -1, _jail.SEM_UNDO, restart):
+                return False              # a signal came (restart=False); its handler ran
         except OSError as e:
             if e.errno in (errno.EIDRM, errno.EINVAL):
                 raise LockError(f"lock {i}: its SysV set {self.semids[i]} was removed under us") from None
@@ -168,6 +172,7 @@ class IpcSemEngine:
         self.holders[i] = _jail.self_pid()
         if previous:
             self.on_dead_holder(i, previous)
+        return True
 
     def release(self, i: int) -> bool:
         if self.holders[i] != _jail.self_pid():
@@ -175,6 +180,9 @@ class IpcSemEngine:
         self.holders[i] = 0
         _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
         return True
+
+    def fast_ops(self) -> tuple[Callable, Callable]:
+        return self.acquire, self.release
 
     def is_locked(self, i: int) -> bool:
         return _jail.semctl(self.semids[i], 0, _jail.GETVAL) == 0
@@ -410,9 +418,8 @@ class LockSet:
     def is_locked(self, n: int = 0) -> bool:
         return self.engine.is_locked(self._index(n))
 
-    def accept_lock(self) -> None:
-        if self.thunder_index is not None:
-            self.engine.acquire(self.thunder_index)
+    def accept_lock(self) -> bool:
+        return self.thunder_index is None or self.engine.acquire(self.thunder_index, False)
 
     def accept_unlock(self) -> None:
         if self.thunder_index is not None:
@@ -477,8 +484,7 @@ def setup(config, run_dir: str | None = None) -> LockSet:
 def _install(lockset: LockSet | None) -> None:
     global _current, _acquire, _release, _user_locks, _thunder
     _current = lockset
-    _acquire = lockset.engine.acquire if lockset else None
-    _release = lockset.engine.release if lockset else None
+    _acquire, _release = lockset.engine.fast_ops() if lockset else (None, None)
     _user_locks = lockset.plan.user_locks if lockset else 0
     _thunder = lockset.thunder_index if lockset else None
 
@@ -511,11 +517,13 @@ def is_locked(n: int = 0) -> bool:
     return current().is_locked(n)
 
 
-def accept_lock() -> None:
-    """Around the worker's accept(): serialises it among the workers with `thunder-lock`
-    (nothing without it)."""
-    if _thunder is not None:
-        _acquire(_thunder)
+def accept_lock() -> bool:
+    """Before the worker's poll/accept: serialises it among the workers with `thunder-lock`.
+    True when taken (always, without thunder-lock).  False when a signal interrupted the
+    wait and its handler ran without raising: a worker's stop request sets a flag, so the
+    serve loop checks that flag and calls again (a wait that restarted by itself would keep a
+    stopping worker waiting for the lock)."""
+    return _current is None or _current.accept_lock()
 
 
 def accept_unlock() -> None:

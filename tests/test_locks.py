@@ -472,3 +472,27 @@ def test_sweep_leaves_a_recycled_id_alone(lockset, tmp_path):
         assert set_exists(semid)
     finally:
         _jail.semctl(semid, 0, _jail.IPC_RMID)
+
+
+@pytest.mark.skipif(not LINUX, reason="watches /proc/PID/wchan")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_accept_lock_gives_up_when_a_signal_handler_asks_to_stop(engine, lockset):
+    # a worker's stop request only sets a flag: the thunder-lock wait must return so the
+    # serve loop can see it, instead of waiting on for the lock
+    lockset("--lock-engine", engine, "--thunder-lock")
+    assert locks.accept_lock() is True       # the master holds it: the child must wait
+
+    def child():
+        stop = []
+        signal.signal(signal.SIGUSR1, lambda s, f: stop.append(s))
+        while not stop:
+            if locks.accept_lock():
+                return 3                     # must not get it: we never released
+        return 0
+
+    pid = fork_child(child)
+    chan = kernel_wait(pid)
+    assert "futex" in chan or "sem" in chan
+    os.kill(pid, signal.SIGUSR1)
+    assert reap(pid) == 0
+    locks.accept_unlock()
