@@ -190,11 +190,11 @@ def warnings(spec: JailSpec) -> list[str]:
     out = []
     if "devfs" in spec.allow_mount_fs and not spec.devfs_ruleset:
         out.append("allow.mount.devfs with devfs_ruleset 0: a devfs mounted inside shows every device "
-                   "(set devfs_ruleset=4; FREEBSD_JAILS §6, §11.20)")
+                   "(set devfs_ruleset=4; docs/jails.md)")
     if (spec.allow_mount or spec.allow_mount_fs) and spec.enforce_statfs >= 2:
-        out.append("allow.mount* has no effect with enforce_statfs=2 (FREEBSD_JAILS §6, §11.20)")
+        out.append("allow.mount* has no effect with enforce_statfs=2 (docs/jails.md)")
     if spec.source == "jail" and not spec.ip4 and not spec.ip6:
-        out.append("no jail-ip4/jail-ip6: the jail can open no IPv4 or IPv6 sockets (FREEBSD_JAILS §1.2, §11.7)")
+        out.append("no jail-ip4/jail-ip6: the jail can open no IPv4 or IPv6 sockets (docs/jails.md)")
     return out
 
 

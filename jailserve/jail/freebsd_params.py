@@ -78,7 +78,7 @@ _MOUNT_FS = ("devfs", "fdescfs", "nullfs", "procfs", "tmpfs", "zfs", "linprocfs"
 # here is asked of the kernel at run time on FreeBSD (§2.7) by probe().
 TABLE: dict[str, Param] = _table(
     P("jid", INT, CREATE, minimum=1,
-      refuse="let the kernel choose the jid: a fixed jid clashes with a dying jail (FREEBSD_JAILS §7, §11.21)"),
+      refuse="let the kernel choose the jid: a fixed jid clashes with a dying jail (docs/jails.md)"),
     P("name", STRING, RW, maxlen=256),
     P("path", STRING, CREATE, maxlen=1024),
     P("host.hostname", STRING, RW, maxlen=256),
@@ -166,19 +166,19 @@ def lookup(key: str, probe: Probe | None = None) -> tuple[Param, bool]:
             _check_present(param, probe)
             return param, True
     where = "FreeBSD's security.jail.param sysctls" if probe else "jailserve's parameter table"
-    raise ParamError(f"unknown jail parameter '{key}' (not in {where}; FREEBSD_JAILS §2.4)")
+    raise ParamError(f"unknown jail parameter '{key}' (not in {where}; docs/jails.md)")
 
 
 def _check_present(param: Param, probe: Probe | None) -> None:
     """§2.4, §11.24: allow.mount.<fs>, sysv*, linux exist only while their module is loaded."""
     if param.dynamic and probe is not None and param.name in TABLE and probe(param.name) is None:
         raise ParamError(f"jail parameter '{param.name}' is not in this kernel (its file system or "
-                         f"module is not loaded; FREEBSD_JAILS §2.4, §11.24)")
+                         f"module is not loaded; docs/jails.md)")
 
 
 def check_settable(param: Param) -> None:
     if param.when == RO:
-        raise ParamError(f"'{param.name}' is read-only (jail_get only; FREEBSD_JAILS §2.4)")
+        raise ParamError(f"'{param.name}' is read-only (jail_get only; docs/jails.md)")
     if param.refuse:
         raise ParamError(f"'{param.name}' is refused: {param.refuse}")
 
@@ -209,7 +209,7 @@ def _parse_bool(param: Param, raw: str | None) -> bool:
     if _is_decimal(raw):
         return int(raw) != 0          # §3.4: libjail's integer rule, 0 false, else true
     raise ParamError(f"'{param.name}={raw}': not a boolean (allowed: true/false, yes/no, on/off, "
-                     f"an integer, or the bare key for true; uWSGI would send it as true, FREEBSD_JAILS §8)")
+                     f"an integer, or the bare key for true; uWSGI would send it as true; docs/jails.md)")
 
 
 def _is_decimal(text: str) -> bool:
@@ -221,7 +221,7 @@ def _needs_value(param: Param, raw: str | None) -> str:
     # §3.3: libjail and uWSGI disagree on a bare int/string/array key; both surprise -> error
     if raw is None:
         raise ParamError(f"'{param.name}' needs a value ({param.kind}; only booleans and jailsys "
-                         f"parameters may be given as a bare key, FREEBSD_JAILS §3.3)")
+                         f"parameters may be given as a bare key; docs/jails.md)")
     return raw
 
 
@@ -230,7 +230,7 @@ def _parse_int(param: Param, raw: str | None) -> int:
     # §3.6: the whole string, base 10; strtol would take leading spaces, we do not
     if not _is_decimal(text):
         raise ParamError(f"'{param.name}={text}': not an integer (allowed: decimal digits; "
-                         f"uWSGI would send 0, FREEBSD_JAILS §8)")
+                         f"uWSGI would send 0; docs/jails.md)")
     value = int(text)
     if not param.minimum <= value <= param.maximum:
         raise ParamError(f"'{param.name}={text}': out of range (allowed: {param.minimum} to {param.maximum})")
@@ -252,9 +252,9 @@ def _parse_string(param: Param, raw: str | None) -> str:
         raise ParamError(f"'{param.name}': the value contains a NUL byte")
     if param.maxlen and size > param.maxlen:
         raise ParamError(f"'{param.name}': {size - 1} bytes is too long (allowed: at most "
-                         f"{param.maxlen - 1}; the kernel says ENAMETOOLONG, FREEBSD_JAILS §2.3)")
+                         f"{param.maxlen - 1}; the kernel says ENAMETOOLONG; docs/jails.md)")
     if param.name == "osrelease" and not text:
-        raise ParamError("'osrelease' must be 1 to 31 characters (FREEBSD_JAILS §2.3)")
+        raise ParamError("'osrelease' must be 1 to 31 characters (docs/jails.md)")
     if param.name == "path" and not text:
         raise ParamError("'path' is empty (the kernel says ENOENT; omit it for the current root)")
     if param.name == "name":
@@ -266,10 +266,10 @@ def check_jail_name(name: str) -> None:
     """§2.4 and §11.14: a dot means "child of jail X"; a numeric name must be the jid."""
     if "." in name:
         raise ParamError(f"jail name '{name}' contains '.', which FreeBSD reads as a child of jail "
-                         f"'{name.split('.')[0]}' (FREEBSD_JAILS §2.4, §11.14)")
+                         f"'{name.split('.')[0]}' (docs/jails.md)")
     if name.isdigit() and (name.startswith("0") or len(name) > 6):
         raise ParamError(f"jail name '{name}' is numeric but cannot be a jid (no leading zeros, "
-                         f"at most 999999; FREEBSD_JAILS §2.4)")
+                         f"at most 999999; docs/jails.md)")
     if len(name.encode()) > 255:
         raise ParamError(f"jail name is {len(name.encode())} bytes (allowed: at most 255)")
 
@@ -284,7 +284,7 @@ def _parse_jailsys(param: Param, raw: str | None) -> int:
     else:
         raise ParamError(f"'{param.name}={raw}': not a jailsys value (allowed: disable, new, inherit or 0, 1, 2)")
     if value == JAIL_SYS_DISABLE and param.name in NO_DISABLE:
-        raise ParamError(f"'{param.name}=disable' is refused by the kernel (allowed: new, inherit; FREEBSD_JAILS §2.3)")
+        raise ParamError(f"'{param.name}=disable' is refused by the kernel (allowed: new, inherit; docs/jails.md)")
     return value
 
 
@@ -319,10 +319,10 @@ def check_addresses(kind: str, addrs: tuple) -> None:
     family = _family(kind)
     for addr in addrs:
         if addr.is_unspecified or str(addr) == "255.255.255.255":
-            raise ParamError(f"{family} address {addr} is refused by the kernel (EINVAL, FREEBSD_JAILS §1.2)")
+            raise ParamError(f"{family} address {addr} is refused by the kernel (EINVAL; docs/jails.md)")
     if len(set(addrs)) != len(addrs):
         dup = next(a for a in addrs if addrs.count(a) > 1)
-        raise ParamError(f"{family} address {dup} is given twice (the kernel says EINVAL, FREEBSD_JAILS §1.2)")
+        raise ParamError(f"{family} address {dup} is given twice (the kernel says EINVAL; docs/jails.md)")
     if len(addrs) > MAX_AF_IPS:
         raise ParamError(f"{len(addrs)} {family} addresses (allowed: at most {MAX_AF_IPS}, "
                          f"security.jail.jail_max_af_ips)")

@@ -146,7 +146,7 @@ def build_spec(config, platform: str | None = None, probe: fp.Probe | None = Non
     spec = _assemble(config, platform, base, params, kinds)
     if spec.vnet and (spec.ip4 or spec.ip6):
         raise ConfigError("vnet=new cannot have addresses (ip4.addr/ip6.addr/jail-ip4/jail-ip6; "
-                          "the kernel says EINVAL, FREEBSD_JAILS §2.4)", spec.origin, "jail2")
+                          "the kernel says EINVAL; docs/jails.md)", spec.origin, "jail2")
     if platform == LINUX:
         _check_linux(spec, config)
     return spec
@@ -313,7 +313,7 @@ def _ip_mode(family: str, param: JailParam | None, addrs: tuple) -> str:
     mode = fp.JAILSYS_NAMES[param.value]
     if addrs and mode != "new":
         raise ConfigError(f"{family}={mode} contradicts the jail's {family} addresses ({family}.addr "
-                          f"implies {family}=new, FREEBSD_JAILS §2.4)", param.origin, "jail2")
+                          f"implies {family}=new; docs/jails.md)", param.origin, "jail2")
     return mode
 
 
