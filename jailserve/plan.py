@@ -43,8 +43,9 @@ class Plan:
         if self.jail is not None:
             steps.append(f"jail ({cfg.platform}){first}:")
             steps.extend(f"    {line}" for line in backend_for(cfg.platform).describe(self.jail))
-            hook_steps("post-jail", first)
         hook_steps("in-jail")
+        if self.jail is not None or cfg.get("jailed"):
+            hook_steps("post-jail", first)   # uWSGI: in-jail at uwsgi_start, post-jail in uwsgi_as_root
         hook_steps("as-root")
         uid, gid = cfg.get("uid"), cfg.get("gid")
         if uid or gid:
