@@ -256,3 +256,115 @@ def test_killed_master_leftovers_are_removed_by_the_next_start(engine, tmp_path)
     assert len(r["after_stop"]["ipcs"]) == len(r["before"]["ipcs"]) + extra    # really left
     assert len(r["next_during"]["ipcs"]) == len(r["before"]["ipcs"]) + extra   # not doubled
     assert r["after"] == r["before"], r["log"]
+
+
+# --- inside a Linux jail -------------------------------------------------------------------
+
+JAIL_APP = '''
+import json, os, time, uwsgi
+from jailserve import _jail, locks
+
+COUNTER = "/app/counter"
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/locked":
+        uwsgi.lock()
+        try:
+            value = int(open(COUNTER).read())
+            time.sleep(0.002)
+            with open(COUNTER + ".tmp", "w") as f:
+                f.write(str(value + 1))
+            os.replace(COUNTER + ".tmp", COUNTER)
+        finally:
+            uwsgi.unlock()
+    sets = [dict(_jail.sem_stat(i), semid=i) for i in locks.current().engine.semids]
+    body = json.dumps({"ipcns": os.readlink("/proc/self/ns/ipc"), "sets": sets,
+                       "shm": sorted(os.listdir("/dev/shm")), "count": int(open(COUNTER).read())}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+LOAD_CLIENT = '''
+import json, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url = sys.argv[1]
+deadline = time.monotonic() + 30          # the server is starting: a liveness guard
+while True:
+    try:
+        urllib.request.urlopen(url + "/", timeout=5).read()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+get = lambda path: urllib.request.urlopen(url + path, timeout=60).read()
+with ThreadPoolExecutor(6) as pool:
+    list(pool.map(lambda _: [get("/locked") for _ in range(20)], range(6)))
+print(get("/").decode())
+'''
+
+
+def host_sysv_sets() -> set[tuple[int, int]]:
+    """(semid, ctime) of every set the host's IPC namespace holds (/proc/sysvipc/sem)."""
+    with open("/proc/sysvipc/sem") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {(int(r[1]), int(r[9])) for r in rows if len(r) >= 10}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0
+                    or shutil.which("ip") is None or shutil.which("nsenter") is None,
+                    reason="a Linux jail (root, ip, nsenter)")
+def test_ipcsem_inside_a_linux_jail_is_private_and_works(tmp_path):
+    netns = f"jslk{os.getpid() % 100000}"
+    name = f"lk{os.getpid() % 100000}"
+    root = tmp_path / "root"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "app.py").write_text(JAIL_APP)
+    (root / "app" / "counter").write_text("0")
+    jidfile = tmp_path / "jid"
+    ini = tmp_path / "jail.ini"
+    ini.write_text(f"""[uwsgi]
+jail = {root} lockjail {name}
+jail-ip4 = 198.18.61.2
+jidfile = {jidfile}
+http-socket = 198.18.61.2:8080
+master = true
+processes = 3
+chdir = /app
+wsgi-file = app.py
+lock-engine = ipcsem
+locks = 1
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UWSGI_")}
+    env["PYTHONPATH"] = str(ROOT)
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    proc = None
+    try:
+        subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+        with open(tmp_path / "server.log", "w") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "jailserve", str(ini)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+        out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", LOAD_CLIENT,
+                              "http://198.18.61.2:8080"], capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stderr + (tmp_path / "server.log").read_text()
+        facts = json.loads(out.stdout)
+        assert facts["count"] == 6 * 20                       # the lock works in the jail
+        assert len(facts["sets"]) == 2                         # locks = 1: two sets
+        assert facts["ipcns"] != os.readlink("/proc/self/ns/ipc")
+        # from outside: the jail's namespace holds exactly these sets, the host's none of them
+        jid = int(jidfile.read_text())
+        inside = subprocess.run(["nsenter", "-t", str(jid), "--ipc", "cat", "/proc/sysvipc/sem"],
+                                capture_output=True, text=True, check=True).stdout
+        seen = {(int(r[1]), int(r[9])) for r in (l.split() for l in inside.splitlines()[1:]) if len(r) >= 10}
+        ours = {(s["semid"], s["ctime"]) for s in facts["sets"]}
+        assert seen == ours
+        assert not ours & host_sysv_sets()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, (tmp_path / "server.log").read_text()
+        assert not ours & host_sysv_sets()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "netns", "del", netns], check=False)
