@@ -117,6 +117,7 @@ cdef class Connection:
     cdef int serve_fd(self, int fd, int kind, dict base, str addr, str port) except -1
     cdef int read_head(self) except -1
     cdef int one_request(self) except -1
+    cdef bint discard_body(self) except -1
     cdef dict make_environ(self)
     cdef int run_app(self, dict env) except -1
     cdef int consume(self, object result) except -1

@@ -483,6 +483,7 @@ cdef enum:   # chunked decoder (RFC 9112 §7.1)
     CS_END_LF
 
 DEF BIG = 1 << 62
+DEF DISCARD_MAX = 65536
 
 
 cdef inline bint is_digit(char c) noexcept nogil:
@@ -1955,14 +1956,28 @@ cdef class Connection:
             if srv.cfg.log is not None and env is not None:
                 self.log_request(env, t0, wall)
         if self.keep_alive and not self.parser.body_done():
-            # the app left body bytes unread: skip them if they are all here, else close
-            if self.parser.expect_continue and not self.continue_sent:
-                self.keep_alive = False
-            elif not self.parser.skip_buffered_body():
-                self.keep_alive = False
+            self.keep_alive = self.discard_body()
         if not self.keep_alive and self.parser.end > self.parser.start:
             self.linger_close()
         return self.keep_alive and not _stop
+
+    cdef bint discard_body(self) except -1:
+        # The app left body bytes unread.  Keep the connection only if the rest is cheap to
+        # skip: already buffered, or a small Content-Length remainder still in flight (a
+        # client may send head and body in two segments).  A client still waiting for
+        # 100-continue, or a large/chunked remainder, gets the connection closed instead
+        # (RFC 9110 §10.1.1 allows either).
+        cdef RequestParser p = self.parser
+        if p.expect_continue and not self.continue_sent:
+            return False
+        try:
+            while not p.skip_buffered_body():
+                if p.chunked or p.remaining > DISCARD_MAX:
+                    return False
+                self.fill(False)
+        except (OSError, HTTPError):
+            return False
+        return True
 
     cdef dict make_environ(self):
         cdef RequestParser p = self.parser
@@ -1986,7 +2001,12 @@ cdef class Connection:
         cdef Response resp = self.resp
         try:
             result = self.server.app(env, resp)
-        except (HTTPError, _ClientGone):
+        except HTTPError as exc:
+            if not resp.sent:
+                self.send_error(exc.status, exc.reason)
+            self.keep_alive = False
+            return 0
+        except _ClientGone:
             raise
         except Exception:
             return self.app_failed(env)
@@ -2001,8 +2021,8 @@ cdef class Connection:
         except HTTPError as exc:
             if not resp.sent:                 # a bad chunked body seen through wsgi.input
                 self.send_error(exc.status, exc.reason)
-            self.keep_alive = False
-            raise
+            self.keep_alive = False           # the parser stays failed: nothing more is read
+            return 0
         except _ClientGone:
             raise
         except Exception:

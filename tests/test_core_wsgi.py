@@ -1,0 +1,736 @@
+"""_core.serve() through real sockets on loopback: WSGI (PEP 3333) and HTTP/1.1 framing
+(RFC 9112) as a client sees them.  Each test forks a server child (tests/core_fixtures.py)."""
+import http.client
+import mmap
+import os
+import socket
+import struct
+import sys
+import tempfile
+import wsgiref.validate
+import warnings
+
+import pytest
+
+from jailserve import _core
+from core_fixtures import Pipe, connect, read_responses, recv_all, serving, wait_exit
+
+
+def hello(env, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def echo(env, start_response):
+    body = env["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("X-Had-CL", "CONTENT_LENGTH" in env and "1" or "0")])
+    return [body]
+
+
+def environ_app(env, start_response):
+    keys = ["REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "REQUEST_URI",
+            "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT",
+            "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_HOST", "HTTP_X_A", "HTTP_X_B_C",
+            "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+            "wsgi.input_terminated"]
+    out = repr({k: env.get(k) for k in keys} | {"version": env["wsgi.version"],
+                                               "has_errors": hasattr(env["wsgi.errors"], "write"),
+                                               "underscore": [k for k in env if "X_UNDER" in k]})
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [out.encode()]
+
+
+# -- basics -----------------------------------------------------------------------------------
+def test_get_with_http_client():
+    with serving(hello) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"hello")
+        assert r.getheader("Content-Length") == "5"          # list body: length known
+        # RFC 9110 §6.6.1 Date, IMF-fixdate (§5.6.7)
+        assert r.getheader("Date").endswith(" GMT") and len(r.getheader("Date")) == 29
+        c.close()
+
+
+def test_environ_pep3333():
+    with serving(environ_app) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"POST /a%20b/c?x=%20y HTTP/1.1\r\nHost: example.org:81\r\nX-A: 1\r\n"
+                  b"x-a: 2\r\nX-B-C: d\r\nX_Under: evil\r\nContent-Type: text/x\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+        (status, headers, body, _), = read_responses(s, ["POST"])
+        env = eval(body)
+        assert env["REQUEST_METHOD"] == "POST" and env["SCRIPT_NAME"] == ""
+        assert env["PATH_INFO"] == "/a b/c" and env["QUERY_STRING"] == "x=%20y"
+        assert env["REQUEST_URI"] == "/a%20b/c?x=%20y"
+        # SERVER_NAME is the configured name, not the Host header (uWSGI http-socket)
+        assert env["SERVER_NAME"] == "testhost" and env["HTTP_HOST"] == "example.org:81"
+        assert env["SERVER_PORT"] == str(ports[0]) and env["SERVER_PROTOCOL"] == "HTTP/1.1"
+        assert env["REMOTE_ADDR"] == "127.0.0.1"
+        assert env["REMOTE_PORT"] == str(s.getsockname()[1])
+        assert env["CONTENT_TYPE"] == "text/x" and env["CONTENT_LENGTH"] == "0"
+        assert env["HTTP_X_A"] == "1, 2" and env["HTTP_X_B_C"] == "d"
+        assert env["underscore"] == []
+        assert env["wsgi.url_scheme"] == "http" and env["version"] == (1, 0)
+        assert (env["wsgi.multithread"], env["wsgi.multiprocess"], env["wsgi.run_once"]) == (
+            False, True, False)
+        assert env["wsgi.input_terminated"] is True and env["has_errors"]
+        s.close()
+
+
+def test_wsgiref_validate_raises_nothing():
+    # wsgiref.validate asserts PEP 3333 on both sides; an AssertionError in the app is a 500
+    def app(env, start_response):
+        inp = env["wsgi.input"]
+        first = inp.readline()
+        rest = inp.read(int(env.get("CONTENT_LENGTH") or 0) - len(first))
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(first + rest)))])
+        return [first + rest]
+
+    def setup():
+        warnings.simplefilter("error")      # validator warnings become app errors (500)
+
+    with serving(wsgiref.validate.validator(app), setup=setup) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        for body in (b"", b"line1\nline2\n", b"x" * 10000):
+            c.request("POST", "/v?q=1", body=body, headers={"Content-Type": "text/plain"})
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, body)
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert r.status == 200
+        r.read()
+        c.close()
+
+
+# -- keep-alive, close, pipelining ------------------------------------------------------------
+def test_keep_alive_reuses_connection():
+    with serving(environ_app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        seen = set()
+        for i in range(5):
+            c.request("GET", "/%d" % i)
+            r = c.getresponse()
+            seen.add(eval(r.read())["REMOTE_PORT"])
+            assert r.getheader("Connection") is None
+        assert len(seen) == 1                               # one TCP connection
+        c.close()
+
+
+def test_http_kind_closes_after_each_response():
+    # uWSGI http-socket: one request per connection (UWSGI_SEMANTICS §10)
+    with serving(hello, kinds=("http",)) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = recv_all(s)
+        assert data.count(b"HTTP/1.1 200") == 1 and b"Connection: close\r\n" in data
+        s.close()
+
+
+def test_pipelining_in_order():
+    def app(env, start_response):
+        start_response("200 OK", [])
+        return [env["PATH_INFO"].encode()]
+
+    with serving(app) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(10)))
+        got = read_responses(s, ["GET"] * 10)
+        assert [b for _, _, b, _ in got] == [b"/%d" % i for i in range(10)]
+        s.close()
+
+
+def test_http10_closes_and_is_not_chunked():
+    def stream(env, start_response):
+        start_response("200 OK", [])
+        yield b"a"
+        yield b"b"
+
+    with serving(stream) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = recv_all(s)
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+        assert body == b"ab"                       # RFC 9112 §6.3 (8): close-delimited
+        s.close()
+
+
+def test_http10_keep_alive():
+    with serving(hello) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2)
+        got = read_responses(s, ["GET", "GET"])
+        assert [g[0] for g in got] == [200, 200]
+        assert got[0][1]["connection"] == "keep-alive"
+        s.close()
+
+
+def test_idle_keep_alive_connection_is_closed_after_socket_timeout():
+    with serving(hello, socket_timeout=1.0) as (ports, _):
+        s = connect(ports[0], timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        read_responses(s, ["GET"])
+        assert s.recv(10) == b""                   # the server hung up on the idle client
+        s.close()
+
+
+def test_connection_close_request():
+    with serving(hello) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in data
+        s.close()
+
+
+# -- request bodies ---------------------------------------------------------------------------
+def test_chunked_upload_decoded():
+    with serving(echo) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        parts = [b"a" * 1000, b"b" * 5000, b"c"]
+        c.request("POST", "/", body=iter(parts), encode_chunked=True)
+        r = c.getresponse()
+        assert r.read() == b"".join(parts) and r.getheader("X-Had-CL") == "0"
+        c.request("POST", "/", body=b"again")              # same connection still framed
+        assert c.getresponse().read() == b"again"
+        c.close()
+
+
+def test_large_body_through_small_buffer():
+    body = os.urandom(200000)
+    with serving(echo, buffer_size=1024) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=20)
+        c.request("POST", "/", body=body)
+        assert c.getresponse().read() == body
+        c.close()
+
+
+def test_input_readline_readlines_iter():
+    def app(env, start_response):
+        inp = env["wsgi.input"]
+        a = inp.readline()
+        b = inp.readline(3)
+        rest = list(inp)
+        start_response("200 OK", [])
+        return [repr((a, b, rest, inp.read(), inp.readlines())).encode()]
+
+    with serving(app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("POST", "/", body=b"one\ntwothree\nfour\nfive")
+        assert eval(c.getresponse().read()) == (
+            b"one\n", b"two", [b"three\n", b"four\n", b"five"], b"", [])
+        c.close()
+
+
+def test_input_bounded_by_content_length_with_pipelined_request():
+    with serving(echo) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nde")
+        got = read_responses(s, ["POST", "POST"])
+        assert [g[2] for g in got] == [b"abc", b"de"]
+        s.close()
+
+
+def test_unread_body_is_skipped_and_connection_kept():
+    with serving(environ_app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        ports_seen = set()
+        for _ in range(3):
+            c.request("POST", "/", body=b"ignored body")
+            ports_seen.add(eval(c.getresponse().read())["REMOTE_PORT"])
+        assert len(ports_seen) == 1
+        c.close()
+
+
+def test_expect_100_continue():
+    with serving(echo) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        # RFC 9110 §10.1.1: the client waits for 100 before sending the content
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += s.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        (status, _, body, _), = read_responses(s, ["PUT"])
+        assert (status, body) == (200, b"hello")
+        s.close()
+
+
+def test_expect_100_not_sent_when_app_ignores_body():
+    with serving(hello) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        data = recv_all(s)                           # final answer, then close
+        assert data.startswith(b"HTTP/1.1 200 OK") and b"100 Continue" not in data
+        s.close()
+
+
+# -- response framing -------------------------------------------------------------------------
+def test_streaming_is_chunked_on_http11():
+    def stream(env, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"one "
+        yield b""                      # an empty chunk must not end the chunked body
+        yield b"two"
+
+    with serving(stream) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        for _ in range(2):
+            c.request("GET", "/")
+            r = c.getresponse()
+            assert r.getheader("Transfer-Encoding") == "chunked" and r.read() == b"one two"
+        c.close()
+
+
+def test_app_content_length_respected():
+    def app(env, start_response):
+        start_response("200 OK", [("Content-Length", "6")])
+        yield b"abc"
+        yield b"def"
+
+    with serving(app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert r.getheader("Transfer-Encoding") is None and r.read() == b"abcdef"
+        c.close()
+
+
+def test_head_has_no_body_and_keeps_framing():
+    with serving(hello) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        (st1, h1, b1, _), (st2, h2, b2, _) = read_responses(s, ["HEAD", "GET"])
+        assert (st1, b1, h1["content-length"]) == (200, b"", "5")   # RFC 9110 §9.3.2
+        assert (st2, b2) == (200, b"hello")
+        s.close()
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified", "101 Switching"])
+def test_no_body_statuses(status):
+    def app(env, start_response):
+        start_response(status, [])
+        return [b"must not be sent"]
+
+    with serving(app) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n"
+                  b"Connection: close\r\n\r\n")
+        data = recv_all(s)
+        # RFC 9110 §15.3.5 / §15.4.5 / §15.2: no content, no framing headers added
+        assert b"must not be sent" not in data and b"Transfer-Encoding" not in data
+        assert b"Content-Length" not in data and data.count(status.encode()) == 2
+        s.close()
+
+
+def test_write_callable():
+    def app(env, start_response):
+        write = start_response("200 OK", [("Content-Length", "11")])
+        write(b"hello ")
+        write(b"world")
+        return []
+
+    with serving(app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        assert c.getresponse().read() == b"hello world"
+        c.close()
+
+
+def test_file_wrapper_uses_file_from_its_offset():
+    data = os.urandom(300000)
+    fd, path = tempfile.mkstemp()
+    os.write(fd, data)
+    os.close(fd)
+
+    def app(env, start_response):
+        f = open(path, "rb")
+        f.seek(1000)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return env["wsgi.file_wrapper"](f)
+
+    try:
+        with serving(app) as (ports, _):
+            c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=20)
+            for _ in range(2):
+                c.request("GET", "/")
+                r = c.getresponse()
+                assert r.getheader("Content-Length") == str(len(data) - 1000)
+                assert r.read() == data[1000:]
+            c.close()
+    finally:
+        os.unlink(path)
+
+
+def test_file_wrapper_non_file_iterates():
+    import io
+
+    def app(env, start_response):
+        start_response("200 OK", [])
+        return env["wsgi.file_wrapper"](io.BytesIO(b"x" * 20000), 4096)
+
+    with serving(app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        assert c.getresponse().read() == b"x" * 20000
+        c.close()
+
+
+# -- errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("header", [("X-Evil", "a\r\nSet-Cookie: pwned=1"),
+                                    ("X-Evil", "a\nb"), ("X-Evil", "a\x00b"),
+                                    ("X-Evil\r\nSet-Cookie", "pwned=1"), ("", "x")])
+def test_app_header_injection_is_500(header):
+    def app(env, start_response):
+        start_response("200 OK", [header])
+        return [b"body"]
+
+    with serving(app, errors=open(os.devnull, "w")) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = recv_all(s)
+        assert data.startswith(b"HTTP/1.1 500 ") and b"pwned" not in data
+        s.close()
+
+
+@pytest.mark.parametrize("status", ["200 OK\r\nX: y", "OK", "20 OK", 200, "200 caf\u20ac"])
+def test_bad_status_is_500(status):
+    def app(env, start_response):
+        start_response(status, [])
+        return [b""]
+
+    with serving(app, errors=open(os.devnull, "w")) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = recv_all(s)
+        assert data.startswith(b"HTTP/1.1 500 ") and b"X: y" not in data
+        s.close()
+
+
+def test_app_exception_is_500_and_logged():
+    r, w = os.pipe()
+
+    def app(env, start_response):
+        raise ZeroDivisionError("boom")
+
+    with serving(app, errors=os.fdopen(w, "w", buffering=1)) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert recv_all(s).startswith(b"HTTP/1.1 500 Internal Server Error")
+        s.close()
+        os.close(w)
+        assert b"ZeroDivisionError: boom" in os.read(r, 65536)
+    os.close(r)
+
+
+def test_exc_info_replaces_unsent_headers():
+    def app(env, start_response):
+        start_response("200 OK", [("X-First", "1")])
+        try:
+            raise ValueError("late")
+        except ValueError:
+            start_response("503 Service Unavailable", [("X-Second", "2")], sys.exc_info())
+        return [b"sorry"]
+
+    with serving(app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert (r.status, r.read(), r.getheader("X-First"), r.getheader("X-Second")) == (
+            503, b"sorry", None, "2")
+        c.close()
+
+
+def test_exc_info_after_headers_sent_reraises():
+    def app(env, start_response):
+        write = start_response("200 OK", [("Content-Length", "10")])
+        write(b"12345")
+        try:
+            start_response("500 Oops", [], (ValueError, ValueError("x"), None))
+        except ValueError:
+            write(b"67890")          # PEP 3333: the re-raise tells the app headers are out
+        return []
+
+    with serving(app) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"1234567890")
+        c.close()
+
+
+def test_bad_request_answered_then_closed_nothing_smuggled():
+    seen = Pipe()
+
+    def app(env, start_response):
+        seen.send(env["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with serving(app) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"
+                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                  b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = recv_all(s)
+        assert data.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 400 Bad Request" in data
+        s.close()
+        s2 = connect(ports[0])                    # a fresh request as a fence
+        s2.sendall(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        recv_all(s2)
+        s2.close()
+    assert seen.lines(2) == ["/first", "/after"]
+    seen.close()
+
+
+def test_head_too_large_is_431():
+    with serving(hello, buffer_size=512) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"v" * 1000 + b"\r\n\r\n")
+        assert recv_all(s).startswith(b"HTTP/1.1 431 ")
+        s.close()
+
+
+def test_bad_chunked_body_read_by_app_is_400():
+    def app(env, start_response):
+        env["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b"not reached"]
+
+    with serving(app) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"zz\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = recv_all(s)
+        assert data.startswith(b"HTTP/1.1 400 ") and b"not reached" not in data
+        s.close()
+
+
+# -- close() always called --------------------------------------------------------------------
+class Closing:
+    def __init__(self, pipe, chunks, fail=False):
+        self.pipe, self.chunks, self.fail = pipe, chunks, fail
+
+    def __iter__(self):
+        for c in self.chunks:
+            yield c
+        if self.fail:
+            raise RuntimeError("iteration failed")
+
+    def close(self):
+        self.pipe.send("closed")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_close_always_called(fail):
+    pipe = Pipe()
+
+    def app(env, start_response):
+        start_response("200 OK", [])
+        return Closing(pipe, [b"a", b"b"], fail)
+
+    with serving(app, errors=open(os.devnull, "w")) as (ports, _):
+        for method in ("GET", "HEAD"):
+            s = connect(ports[0])
+            s.sendall(method.encode() + b" / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            recv_all(s)
+            s.close()
+    assert pipe.lines(2) == ["closed", "closed"]
+    pipe.close()
+
+
+def test_close_called_when_client_disconnects():
+    pipe = Pipe()
+
+    def app(env, start_response):
+        start_response("200 OK", [])
+        return Closing(pipe, [b"x" * 65536] * 200)
+
+    with serving(app) as (ports, _):
+        s = connect(ports[0])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.recv(1000)
+        s.close()                                    # RST: the server's send fails
+        assert pipe.lines(1) == ["closed"]
+    pipe.close()
+
+
+# -- uwsgi protocol ---------------------------------------------------------------------------
+def uwsgi_packet(pairs, modifier1=0):
+    body = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
+                    for k, v in pairs)
+    return bytes([modifier1]) + struct.pack("<H", len(body)) + b"\x00" + body
+
+
+def test_uwsgi_protocol_request():
+    with serving(echo, kinds=("uwsgi",)) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(uwsgi_packet([(b"REQUEST_METHOD", b"POST"), (b"PATH_INFO", b"/u"),
+                                (b"CONTENT_LENGTH", b"4"), (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+                                (b"REMOTE_ADDR", b"10.1.2.3")]) + b"data")
+        data = recv_all(s)                           # one request per connection
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\ndata")
+        s.close()
+
+
+def test_uwsgi_environ_matches_http():
+    with serving(environ_app, kinds=("uwsgi",)) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(uwsgi_packet([(b"REQUEST_METHOD", b"GET"), (b"PATH_INFO", b"/a b"),
+                                (b"QUERY_STRING", b"q=1"), (b"SERVER_NAME", b"front"),
+                                (b"SERVER_PORT", b"8080"), (b"HTTP_HOST", b"h"),
+                                (b"REMOTE_ADDR", b"10.1.2.3"), (b"REMOTE_PORT", b"4444")]))
+        env = eval(recv_all(s).split(b"\r\n\r\n", 1)[1])
+        assert (env["PATH_INFO"], env["QUERY_STRING"], env["HTTP_HOST"]) == ("/a b", "q=1", "h")
+        assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("front", "8080")
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("10.1.2.3", "4444")
+        assert env["SCRIPT_NAME"] == "" and env["wsgi.input_terminated"] is True
+        s.close()
+
+
+def test_uwsgi_oversized_packet_dropped_without_response():
+    with serving(hello, kinds=("uwsgi",), buffer_size=512) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"\x00" + struct.pack("<H", 4000) + b"\x00" + b"x" * 100)
+        assert recv_all(s) == b""                    # UWSGI_SEMANTICS §9: dropped
+        s.close()
+
+
+# -- the loop: listeners, stop, max-requests, harakiri slot, log ------------------------------
+def test_two_listeners_of_different_kinds():
+    with serving(hello, kinds=("http11", "http")) as (ports, _):
+        for port in ports * 2:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/")
+            assert c.getresponse().read() == b"hello"
+            c.close()
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+    with serving(environ_app, host="::1", family=socket.AF_INET6) as (ports, _):
+        s = connect(ports[0], host="::1")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+        env = eval(read_responses(s, ["GET"])[0][2])
+        assert env["REMOTE_ADDR"] == "::1"
+        s.close()
+
+
+def test_max_requests_returns_from_serve():
+    with serving(hello, max_requests=3) as (ports, state):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        last = None
+        for _ in range(3):
+            c.request("GET", "/")
+            last = c.getresponse()
+            last.read()
+        assert last.getheader("Connection") == "close"   # the last one says so
+        state["status"] = 0
+        assert wait_exit(state["pid"]) == 3              # serve() returned 3
+        c.close()
+
+
+def test_request_stop_finishes_request_in_hand():
+    started = Pipe()
+    release_r, release_w = os.pipe()
+
+    def app(env, start_response):
+        started.send("in app")
+        os.read(release_r, 1)
+        start_response("200 OK", [])
+        return [b"finished"]
+
+    with serving(app) as (ports, state):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert started.lines(1) == ["in app"]
+        os.kill(state["pid"], 1)                         # SIGHUP -> request_stop()
+        os.write(release_w, b"x")
+        data = recv_all(s)                               # answered, then closed
+        assert data.endswith(b"finished")
+        state["status"] = 0
+        assert wait_exit(state["pid"]) == 1
+        s.close()
+    started.close()
+    os.close(release_r)
+    os.close(release_w)
+
+
+def test_idle_worker_stops_on_signal():
+    with serving(hello) as (ports, state):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        c.getresponse().read()
+        c.close()
+        os.kill(state["pid"], 15)
+        state["status"] = 0
+        assert wait_exit(state["pid"]) == 1
+
+
+def test_status_slot_for_harakiri():
+    slot = mmap.mmap(-1, 16)                              # shared with the forked child
+
+    def app(env, start_response):
+        start_ns, done = struct.unpack("QQ", slot[:16])
+        start_response("200 OK", [])
+        return [b"%d %d" % (start_ns, done)]
+
+    with serving(app, status_slot=slot) as (ports, _):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        for i in range(3):
+            c.request("GET", "/")
+            start_ns, done = map(int, c.getresponse().read().split())
+            assert start_ns > 0 and done == i                # busy: start time set
+        c.close()
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        c.getresponse().read()
+        c.close()
+    assert struct.unpack("QQ", slot[:16]) == (0, 4)         # idle, 4 requests done
+
+
+def test_log_callback_fields():
+    pipe = Pipe()
+
+    def log(*fields):
+        pipe.send(repr(fields))
+
+    with serving(hello, log=log) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+        s.close()
+    (line,) = pipe.lines(1)
+    method, uri, proto, status, size, usecs, addr, nh, hsize, nvars, vsize, started = eval(line)
+    assert (method, uri, proto, status, size, addr) == ("GET", "/p?q=1", "HTTP/1.1", 200, 5,
+                                                        "127.0.0.1")
+    head = data.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    assert hsize == len(head) and nh == head.count(b"\r\n") - 2
+    assert usecs >= 0 and nvars >= 10 and vsize > 0 and started > 1e9
+    pipe.close()
+
+
+def test_serve_config_validation():
+    with pytest.raises(ValueError):
+        _core.ServeConfig(buffer_size=10)
+    with pytest.raises(TypeError):
+        _core.ServeConfig(log=5)
+    cfg = _core.ServeConfig(server_name="x", max_requests=2)
+    assert (cfg.server_name, cfg.max_requests, cfg.buffer_size) == ("x", 2, 4096)
+    with pytest.raises(ValueError):
+        _core.serve([(socket.socket(), "spdy")], hello, cfg)
