@@ -57,12 +57,17 @@ def _valid_id(text: str) -> bool:
 
 
 def resolve(spec: DropSpec) -> tuple[int | None, int | None, str | None]:
-    """(uid, gid, user name for initgroups) from the names in force here (inside the jail)."""
+    """(uid, gid, user name for initgroups) from the names in force here (inside the jail).
+
+    With uid and no gid, the user's primary group is used.  uWSGI would keep gid 0 (and
+    initgroups would then add group 0 to the supplementary list): an unprivileged uid with
+    root's group is not a drop, so jailserve does not copy that.
+    """
     uid = gid = name = None
     if spec.uid:
         try:
             entry = pwd.getpwuid(int(spec.uid)) if spec.uid.isdigit() else pwd.getpwnam(spec.uid)
-            uid, name = entry.pw_uid, entry.pw_name   # the group changes only with gid, as uWSGI
+            uid, name, gid = entry.pw_uid, entry.pw_name, entry.pw_gid
         except KeyError:
             if not spec.uid.isdigit():
                 raise DropError(f"uid: no user '{spec.uid}' in this jail's passwd") from None
@@ -88,8 +93,10 @@ def drop(spec: DropSpec, log=print) -> None:
         return
     uid, gid, name = resolve(spec)
     if os.geteuid() != 0:
-        _check_unprivileged(uid, gid)
+        _check_unprivileged(uid, gid if spec.gid else None)
         return
+    if gid is None:
+        raise DropError(f"uid {spec.uid} has no passwd entry here, so no primary group: set gid too")
     if gid is not None:
         os.setgid(gid)
         log(f"setgid() to {gid}")

@@ -135,6 +135,9 @@ def _serve(plan, config, listeners, cleanup) -> int:
     try:
         if not use_master:
             # uWSGI: without master and with one process, the process is worker 1.
+            if config.get("harakiri"):
+                log.emit("*** WARNING: harakiri needs the master in jailserve (uWSGI's SIGALRM "
+                         "variant is not implemented); add `master = true` ***")
             return run_forked(worker, 1, StatusSlots(1).slot(1))
         # Objects made so far live for the whole run; freezing them keeps the collector from
         # writing to their pages in every worker, so those pages stay shared (DESIGN §5).

@@ -72,6 +72,15 @@ def test_drop_numeric_uid_without_passwd_entry_and_no_initgroups():
 
 
 @root_only
+def test_uid_alone_takes_the_users_primary_group_never_root():
+    nobody = pwd.getpwnam("nobody")
+    out = in_child(lambda: (privileges.drop(plan("--uid", "nobody"), lambda line: None), ids())[1])
+    assert out["ok"][1] == [nobody.pw_gid] * 3 and 0 not in out["ok"][2]
+    out = in_child(lambda: privileges.drop(plan("--uid", "54321"), lambda line: None))
+    assert "set gid too" in out["error"]
+
+
+@root_only
 def test_unknown_names_fail_before_any_change():
     out = in_child(lambda: privileges.drop(plan("--uid", "no-such-user-here"), lambda line: None))
     assert "no user 'no-such-user-here'" in out["error"]
