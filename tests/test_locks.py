@@ -5,6 +5,7 @@ read-sleep-write (so that, unprotected, updates are lost) and the total is exact
 the lock."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -221,7 +222,7 @@ def test_enosys_names_allow_sysvipc_and_sysvsem():
     # FreeBSD jails without SysV IPC fail semget with ENOSYS (FREEBSD_JAILS §5.1); Linux
     # cannot be made to, so the translation is checked on the error itself.
     plan = locks.LockPlan(config("--lock-engine", "ipcsem"))
-    err = locks.sysv_error(OSError(38 if LINUX else 78, "Function not implemented"), plan)
+    err = locks.sysv_error(OSError(errno.ENOSYS, "Function not implemented"), plan)
     text = str(err)
     assert isinstance(err, ConfigError)
     assert "allow.sysvipc" in text and "sysvsem=new" in text and "lock-engine" in text
