@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from . import _jail
 from .log import emit
 
 SLOT = struct.Struct("=QQ")
@@ -105,6 +106,7 @@ class Master:
         self.exit_code = 0
         self.reload_started = 0.0
         self.wake_r = self.wake_w = -1
+        self.pid = os.getpid()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -296,6 +298,7 @@ class Master:
     def _child(self, wid: int) -> None:
         code = 1
         try:
+            self._die_with_master()
             for signum in (signal.SIGCHLD, signal.SIGUSR1):
                 signal.signal(signum, signal.SIG_DFL)
             os.close(self.wake_r)
@@ -303,6 +306,17 @@ class Master:
             code = self.work(wid, self.slots.slot(wid))
         finally:
             os._exit(code)
+
+    def _die_with_master(self) -> None:
+        # A master that is SIGKILLed cannot stop its workers; the kernel does it for us
+        # (PR_SET_PDEATHSIG), so no orphan keeps serving.  Where the call does not exist
+        # (_jail raises ENOSYS: FreeBSD) workers outlive a killed master, as in uWSGI.
+        try:
+            _jail.set_pdeathsig(signal.SIGKILL)
+        except OSError:
+            return
+        if os.getppid() != self.pid:        # the master died before the call took effect
+            os._exit(1)
 
     def _reap(self) -> None:
         while self.workers:

@@ -109,3 +109,11 @@ def test_sigquit_and_die_on_term(serve):
     wait_for(lambda: server.workers() and not set(old) & set(server.workers()), "workers replaced")
     assert get(port)[0] == 200
     assert server.stop() == 0
+
+
+def test_sigkilled_master_takes_its_workers_with_it(serve):
+    server, port = start(serve, "--processes", "2", workers=2)
+    workers = server.workers()
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(timeout=WAIT)
+    wait_for(lambda: not any(process_alive(pid) for pid in workers), "the workers to die with the master")
