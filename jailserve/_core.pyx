@@ -330,6 +330,9 @@ ERR_INFO[E_UWSGI_VARS] = (400, "uwsgi_vars", "malformed uwsgi vars")
 ERR_INFO[E_UWSGI_MODIFIER] = (400, "uwsgi_modifier", "uwsgi modifier1 is not 0 (WSGI)")
 ERR_INFO[E_UWSGI_CL] = (400, "uwsgi_cl", "invalid CONTENT_LENGTH var")
 
+# The rules a request can break: HTTPError.code -> HTTPError.status.
+ERRORS = {info[1]: info[0] for info in ERR_INFO if info is not None}
+
 REASONS = {400: "Bad Request", 414: "URI Too Long", 417: "Expectation Failed",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
            501: "Not Implemented", 505: "HTTP Version Not Supported"}
