@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
+import subprocess
 
 import pytest
 
@@ -84,6 +86,10 @@ def test_bind_tcp_v4_v6_with_backlog_and_reuse_port():
         assert s4.getsockname() == ("127.0.0.1", p4) and s6.getsockname()[:2] == ("::1", p6)
         assert s4.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
         assert s4.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        if shutil.which("ss"):
+            # the kernel's view: a listening socket's Send-Q column is its backlog
+            out = subprocess.run(["ss", "-ltnH", f"sport = :{p4}"], capture_output=True, text=True).stdout
+            assert out.split()[:3] == ["LISTEN", "0", "7"], out
         with socket.create_connection(("::1", p6), timeout=5):
             pass
     finally:
