@@ -2085,7 +2085,7 @@ cdef class Connection:
                 env.get("REQUEST_METHOD", ""), env.get("REQUEST_URI", env.get("PATH_INFO", "")),
                 env.get("SERVER_PROTOCOL", ""), r.status, r.body_sent, us, self.remote_addr
                 or env.get("REMOTE_ADDR", ""), r.nheaders, r.headers_size, nvars,
-                self.parser.vars_bytes, wall)
+                self.parser.vars_bytes, wall, env)
         except Exception:
             try:
                 _traceback.print_exc(file=self.server.cfg.errors)
