@@ -422,6 +422,7 @@ cdef extern from *:
     #include <signal.h>
     #include <poll.h>
     #include <dirent.h>
+    #include <stdio.h>
     #include <stdlib.h>
     #include <unistd.h>
     #include <sys/mount.h>
@@ -495,6 +496,21 @@ cdef extern from *:
         return 1;
     }
 
+    /* An exited member stays in /proc until its parent (outside, for an attached one)
+       reaps it; its pidfd is readable at once, so waiting on it would spin. */
+    static int js_ns_is_zombie(const char *pid) {
+        char path[64], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return 1;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) return 1;
+        buf[n] = 0;
+        char *p = strrchr(buf, ')');          /* the command name may hold spaces and ')' */
+        return !p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
+    }
+
     /* pidfds of the pid namespace's processes other than ourselves (an init with no child
        left still has members that jail-attach put there; it must wait for them too). */
     static int js_ns_members(int *fds, int max) {
@@ -505,7 +521,7 @@ cdef extern from *:
         while (n < max && (e = readdir(d))) {
             char *end;
             long pid = strtol(e->d_name, &end, 10);
-            if (*end || pid <= 1) continue;
+            if (*end || pid <= 1 || js_ns_is_zombie(e->d_name)) continue;
             int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
             if (fd >= 0) fds[n++] = fd;
         }

@@ -256,6 +256,22 @@ def test_attach_by_name_and_jid_and_jls(jails, root, name, tmp_path):
     assert_nothing_left({**facts, "name": name}, root=root, jidfile=str(jidfile))
 
 
+def test_an_attached_process_keeps_the_jail_alive_after_its_master(jails, root, name):
+    first = run(jails, make_spec(root, "alive", name), serve_facts)
+    facts = first.recv()
+    attached = run(jails, attach_spec(name), serve_facts, attach=True)
+    attached.recv()
+    first.send({"do": "exit", "code": 6})
+    wait_until(lambda: jls_processes(name) == 1, "the first master is gone")
+    assert os.waitpid(first.keeper, os.WNOHANG) == (0, 0)      # the jail, and its keeper, live on
+    attached.send({"do": "sh", "cmd": "hostname"})
+    assert attached.recv()["out"].strip() == "alive"
+    attached.send({"do": "exit"})
+    assert attached.wait() == 0
+    assert first.wait() == 6                                    # the status of the jail's own master
+    assert_nothing_left({**facts, "name": name}, root=root)
+
+
 def test_jls_command_lists_the_jail(jails, root, name, jailserve_cli):
     jail = run(jails, make_spec(root, "listed", name), serve_facts)
     facts = jail.recv()
