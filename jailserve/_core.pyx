@@ -1506,7 +1506,9 @@ cdef class Response:
         c.wput(b"HTTP/1.1 ", 9)
         c.wput(p, n)
         c.wput(b"\r\n", 2)
-        for item in headers:
+        if type(headers) is not list:
+            headers = list(headers)
+        for item in <list>headers:
             name, value = item
             str_bytes(name, &p, &n)
             str_bytes(value, &v, &vn)
@@ -1803,6 +1805,8 @@ cdef class Connection:
         cdef RequestParser p = self.parser
         cdef Py_ssize_t room = p.make_room(), n
         cdef int e = 0, waited = 0
+        if room <= 0:       # cannot happen: a full head is a 431 before we get here
+            raise _ClientGone("receive buffer full")
         while True:
             with nogil:
                 n = recv(self.fd, p.buf + p.end, room, 0)

@@ -598,6 +598,34 @@ def test_uwsgi_environ_matches_http():
         s.close()
 
 
+def test_uwsgi_over_unix_socket(tmp_path):
+    # nginx `uwsgi_pass unix:/path` (UWSGI_SEMANTICS §9); no peer address, SERVER_PORT "80"
+    path = str(tmp_path / "s.sock")
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(path)
+    lsock.listen(8)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _core.serve([(lsock, "uwsgi")], environ_app, _core.ServeConfig(max_requests=1))
+        finally:
+            os._exit(0)
+    lsock.close()
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(10)
+        c.connect(path)
+        c.sendall(uwsgi_packet([(b"REQUEST_METHOD", b"GET"), (b"PATH_INFO", b"/x")]))
+        env = eval(recv_all(c).split(b"\r\n\r\n", 1)[1])
+        c.close()
+        assert (env["PATH_INFO"], env["REMOTE_ADDR"], env["SERVER_PORT"]) == ("/x", "", "80")
+        assert wait_exit(pid) == 0
+    finally:
+        from core_fixtures import stop
+        if os.path.exists("/proc/%d" % pid):
+            stop(pid)
+
+
 def test_uwsgi_oversized_packet_dropped_without_response():
     with serving(hello, kinds=("uwsgi",), buffer_size=512) as (ports, _):
         s = connect(ports[0])
