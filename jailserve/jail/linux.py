@@ -30,7 +30,8 @@ nothing propagates back to the host):
     live there.  `jail-keep-mount = PATH[:DEST]` adds paths; `jail-keep-mount = none`
     switches the automatic set off (then ROOT must hold an interpreter and jailserve at
     the same paths).  A kept path whose parent directory exists in ROOT gets its mount
-    point created in ROOT itself (an empty directory that stays).
+    point created in ROOT itself (an empty directory that stays).  An interpreter that
+    lives in /usr (sys.base_prefix = /usr) keeps the host's /usr even over ROOT's own.
   * /etc: ROOT's own if it has one, otherwise a synthesized one (passwd, group, hosts,
     nsswitch.conf, resolv.conf), never the host's;
   * /tmp: ROOT's own if it has one, otherwise a private tmpfs;
@@ -172,7 +173,7 @@ def _caps(spec) -> tuple[str, ...]:
     enforce_statfs < 2 (FreeBSD needs both as well), or allow.set_hostname written out
     (FreeBSD's default-on for it is not copied: it would give every jail CAP_SYS_ADMIN)."""
     caps = list(JAIL_ROOT_CAPS)
-    mount = (spec.allow_mount or bool(spec.allow_mount_fs)) and spec.enforce_statfs < 2
+    mount = spec.allow_mount and spec.enforce_statfs < 2       # allow.mount.<fs> needs both too
     if mount or spec.param("allow.set_hostname") is True:
         caps.append("SYS_ADMIN")
     if spec.allow_raw_sockets:
@@ -491,6 +492,8 @@ def _keeper_side(lay: Layout, chan: _Channel, init: int, reserved: str | None, o
             state.host_network()
         chan.send(chan.down_w, b"g")
         chan.expect(chan.up_r, b"r", "jail set-up")
+        if lay.veth:
+            state.host_routes()
     except BaseException:
         _kill_and_reap(init)
         state.cleanup()
@@ -498,8 +501,13 @@ def _keeper_side(lay: Layout, chan: _Channel, init: int, reserved: str | None, o
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         raise
     chan.close(chan.up_r, chan.down_w)
-    status = _jail.supervise(init, 0)
-    state.cleanup()
+    try:
+        status = _jail.supervise(init, 0)
+    except BaseException:
+        _kill_and_reap(init)               # no keeper loop, no jail
+        raise
+    finally:
+        state.cleanup()
     _exit(status)
 
 
@@ -555,9 +563,16 @@ class _KeeperState:
                 nl.add_address(index, GATEWAY6, 64, 253)
             _set_rp_filter(name)
             nl.link_up(index)
-            for addr in lay.ip4:
+
+    def host_routes(self) -> None:
+        """The routes to the jail's addresses, once its end is configured: a packet sent to
+        it earlier would leave an unanswered ARP/NDP entry that the kernel retries only
+        after a second, and every connection waits for that."""
+        index = socket.if_nametoindex(self.ifname)
+        with Netlink() as nl:
+            for addr in self.lay.ip4:
                 nl.add_route(index, addr, prefsrc=GATEWAY4)
-            for addr in lay.ip6:
+            for addr in self.lay.ip6:
                 nl.add_route(index, addr)
 
     def cleanup(self) -> None:
@@ -620,7 +635,11 @@ def _init_side(lay: Layout, chan: _Channel, old_mask) -> None:
         return
     chan.send(chan.up_w, b"r")
     chan.close(chan.up_w, chan.down_r)
-    _exit(_jail.supervise(master, 2 if lay.persist else 1))
+    status = 1
+    try:
+        status = _jail.supervise(master, 2 if lay.persist else 1)
+    finally:
+        _exit(status)                      # init never runs the caller's start-up code
 
 
 def _report(chan: _Channel, exc: BaseException) -> None:
