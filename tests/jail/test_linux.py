@@ -4,6 +4,7 @@ ipcs, the registry).  Network tests run in a throwaway outer netns with 198.18.0
 fd00::/8 addresses only.  Needs root."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import os
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteu
 
 from jailserve import _jail  # noqa: E402
 from jailserve.jail import linux  # noqa: E402
+from jailserve.jail.spec import JailSpec  # noqa: E402
 
 from linux_helpers import (attach_spec, children_of, host_mounts_under, make_spec, ns_inodes,  # noqa: E402
                             pidns_members, registry_names, sh, start, wait_until)
@@ -406,3 +408,49 @@ def test_kept_paths_cover_the_interpreter_and_never_hold_root(root):
     assert not any(str(root).startswith(k.rstrip("/") + "/") or k.startswith(str(root)) for k in kept)
     (root / "usr").mkdir()
     assert "/usr" not in linux.auto_keep(str(root))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepSpec(JailSpec):
+    """JailSpec plus the field linux.keep_paths reads for `jail-keep-mount` (spec.py does
+    not carry it yet; see test_jail_keep_mount_reaches_the_backend)."""
+
+    keep_mounts: tuple[str, ...] = ()
+
+
+def keep_spec(root, name, *words):
+    base = make_spec(root, "k", name)
+    return KeepSpec(**{f.name: getattr(base, f.name) for f in dataclasses.fields(JailSpec)}, keep_mounts=words)
+
+
+def test_jail_keep_mount_binds_read_only_and_none_turns_the_automatic_set_off(jails, root, name, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("hello\n")
+
+    def body(inside):
+        out = {"f": open("/data/f").read(), "prefix": os.path.exists(sys.base_prefix), "usr": os.path.exists("/usr")}
+        try:
+            open("/data/g", "w")
+            out["write"] = "ok"
+        except OSError as exc:
+            out["write"] = errno.errorcode[exc.errno]
+        inside.send(out)
+        return 0
+
+    jail = run(jails, keep_spec(root, name, f"{data}:/data"), body)
+    assert jail.recv() == {"f": "hello\n", "prefix": True, "usr": True, "write": "EROFS"}
+    assert jail.wait() == 0
+    bare = run(jails, keep_spec(root, name, "none", f"{data}:/data"), body)
+    assert bare.recv() == {"f": "hello\n", "prefix": False, "usr": False, "write": "EROFS"}
+    assert bare.wait() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="spec.build_spec does not put jail-keep-mount into the JailSpec yet")
+def test_jail_keep_mount_reaches_the_backend(root, tmp_path):
+    from jailserve.config import load_config
+    from jailserve.jail.spec import build_spec
+    ini = tmp_path / "k.ini"
+    ini.write_text(f"[uwsgi]\njail = {root} h n\njail-keep-mount = /srv:/data\n")
+    spec = build_spec(load_config([str(ini)], {}))
+    assert ("/srv", "/data") in linux.layout(spec).keep
