@@ -8,6 +8,8 @@ status and rule (`HTTPError.code`) and how many requests come before the error.
 import codecs
 import json
 import pathlib
+import struct
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -178,3 +180,41 @@ def test_pipelined_streams_split(streams, step):
     data = b"".join(d for d, _ in streams)
     want = [ev for d, e in streams for ev in expected_events(e)]
     assert merge(feed_all(_core.RequestParser(), data, step)) == want
+
+
+# -- environ details ---------------------------------------------------------------------------
+def test_known_header_keys_are_interned():
+    # STYLE §2.2: common header names map to pre-built interned HTTP_* keys
+    env = _core.RequestParser(environ={}).feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x\r\nAccept-Encoding: gzip\r\n"
+        b"X-Rare-Header: y\r\n\r\n")[0][1]
+    keys = {k: k for k in env}
+    for name in ("HTTP_HOST", "HTTP_USER_AGENT", "HTTP_ACCEPT_ENCODING"):
+        assert keys[name] is sys.intern(name)
+    assert env["HTTP_X_RARE_HEADER"] == "y"
+
+
+def uwsgi_packet(pairs):
+    body = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
+                    for k, v in pairs)
+    return b"\x00" + struct.pack("<H", len(body)) + b"\x00" + body
+
+
+@pytest.mark.parametrize("path", [p for p in cases("valid")
+                                  if "protocol" not in load(p)[1]], ids=lambda p: p.stem)
+def test_uwsgi_gives_the_same_environ(path):
+    # issue 3 item 2: a uwsgi packet carrying the CGI vars of a request yields the environ
+    # the HTTP parser builds for it (the body follows raw, framed by CONTENT_LENGTH)
+    data, exp = load(path)
+    base = {"SERVER_NAME": "n", "SERVER_PORT": "80", "SCRIPT_NAME": ""}
+    events = parser(exp, environ=dict(base)).feed(data)
+    env = next(ev[1] for ev in events if ev[0] == "environ")
+    body = b"".join(ev[1] for ev in events[:events.index(("end",))] if ev[0] == "body")
+    cgi = {k: v for k, v in env.items() if k not in base}
+    if body:
+        cgi["CONTENT_LENGTH"] = str(len(body))
+    pairs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in cgi.items()]
+    uevents = _core.RequestParser(buffer_size=65535, protocol="uwsgi", environ=dict(base)).feed(
+        uwsgi_packet(pairs) + body)
+    assert uevents[0] == ("environ", dict(base, **cgi))
+    assert merge(uevents[1:]) == ([("body", body)] if body else []) + [("end",)]

@@ -763,3 +763,20 @@ def test_serve_config_validation():
     assert (cfg.server_name, cfg.max_requests, cfg.buffer_size) == ("x", 2, 4096)
     with pytest.raises(ValueError):
         _core.serve([(socket.socket(), "spdy")], hello, cfg)
+
+
+def test_exception_from_signal_handler_propagates_out_of_serve():
+    # a handler that raises (the default SIGINT one: KeyboardInterrupt) ends serve() with
+    # that exception instead of being swallowed by the loop
+    def setup():
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    with serving(hello, setup=setup) as (ports, state):
+        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+        c.request("GET", "/")
+        c.getresponse().read()
+        c.close()
+        os.kill(state["pid"], 2)
+        state["status"] = 0
+        assert wait_exit(state["pid"]) == 99     # core_fixtures: serve() raised
