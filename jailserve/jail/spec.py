@@ -99,6 +99,10 @@ class JailSpec:
     children_max: int = 0
     devfs_ruleset: int | None = None
     param_kinds: dict[str, str] = field(default_factory=dict, compare=False)
+    # Linux: `jail-keep-mount` words (PATH[:DEST] or none), read by jail/linux.py keep_paths(), and the app's own paths (chdir,
+    # pythonpath, the wsgi-file's directory, virtualenv) that must be visible inside the jail
+    keep_mounts: tuple[str, ...] = ()
+    app_paths: tuple[str, ...] = ()
 
     @property
     def creates(self) -> bool:
@@ -278,8 +282,33 @@ def _assemble(config, platform, base, params, kinds) -> JailSpec:
         platform=platform,
         reload=bool(getattr(config, "is_reload", False)),
         param_kinds=kinds,
+        keep_mounts=_keep_mounts(config) if platform == LINUX else (),
+        app_paths=_app_paths(config),
         **{"source": None, "root": None, "hostname": None, "name": None, **fields},
     )
+
+
+def _keep_mounts(config) -> tuple[str, ...]:
+    words = []
+    for entry in config.entries_for("jail-keep-mount"):
+        word = entry.value.strip()
+        src, _, dst = word.partition(":")
+        if word != "none" and not (src.startswith("/") and (not dst or dst.startswith("/"))):
+            raise ConfigError(f"'{entry.value}' is not PATH[:DEST] with absolute paths, or 'none'",
+                              entry.origin, "jail-keep-mount")
+        words.append(word)
+    return tuple(words)
+
+
+def _app_paths(config) -> tuple[str, ...]:
+    """Host paths the app needs after the jail is entered (made absolute from the cwd now)."""
+    import os
+
+    paths = [config.get("chdir"), config.get("virtualenv"), *config.get("pythonpath")]
+    if config.get("wsgi-file"):
+        base = config.get("chdir") or os.getcwd()
+        paths.append(os.path.dirname(os.path.join(base, config.get("wsgi-file"))))
+    return tuple(os.path.abspath(p) for p in paths if p)
 
 
 def _from_params(params: dict[str, JailParam]) -> dict[str, Any]:

@@ -411,16 +411,8 @@ def test_kept_paths_cover_the_interpreter_and_never_hold_root(root):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class KeepSpec(JailSpec):
-    """JailSpec plus the field linux.keep_paths reads for `jail-keep-mount` (spec.py does
-    not carry it yet; see test_jail_keep_mount_reaches_the_backend)."""
-
-    keep_mounts: tuple[str, ...] = ()
-
-
 def keep_spec(root, name, *words):
-    base = make_spec(root, "k", name)
-    return KeepSpec(**{f.name: getattr(base, f.name) for f in dataclasses.fields(JailSpec)}, keep_mounts=words)
+    return dataclasses.replace(make_spec(root, "k", name), keep_mounts=words)
 
 
 def test_jail_keep_mount_binds_read_only_and_none_turns_the_automatic_set_off(jails, root, name, tmp_path):
@@ -446,7 +438,6 @@ def test_jail_keep_mount_binds_read_only_and_none_turns_the_automatic_set_off(ja
     assert bare.wait() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="spec.build_spec does not put jail-keep-mount into the JailSpec yet")
 def test_jail_keep_mount_reaches_the_backend(root, tmp_path):
     from jailserve.config import load_config
     from jailserve.jail.spec import build_spec
