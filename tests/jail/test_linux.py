@@ -410,7 +410,6 @@ def test_kept_paths_cover_the_interpreter_and_never_hold_root(root):
     assert "/usr" not in linux.auto_keep(str(root))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 def keep_spec(root, name, *words):
     return dataclasses.replace(make_spec(root, "k", name), keep_mounts=words)
 
