@@ -109,6 +109,8 @@ cdef class Connection:
     cdef int wgrow(self, Py_ssize_t need) except -1
     cdef int wput(self, const char *p, Py_ssize_t n) except -1
     cdef Py_ssize_t fill(self, bint idle) except -2
+    cdef Py_ssize_t recv_some(self, char *dst, Py_ssize_t room, bint idle) except -2
+    cdef bytes read_direct(self, Py_ssize_t want)
     cdef int wait_send_slice(self) except -1
     cdef int send_iov(self, iovec *iov, int n) except -1
     cdef int send_continue(self) except -1

@@ -214,7 +214,7 @@ def test_uwsgi_gives_the_same_environ(path):
     if body:
         cgi["CONTENT_LENGTH"] = str(len(body))
     pairs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in cgi.items()]
-    uevents = _core.RequestParser(buffer_size=65535, protocol="uwsgi", environ=dict(base)).feed(
-        uwsgi_packet(pairs) + body)
+    up = _core.RequestParser(buffer_size=65535, protocol="uwsgi", environ=dict(base))
+    uevents = up.feed(uwsgi_packet(pairs) + body)
     assert uevents[0] == ("environ", dict(base, **cgi))
     assert merge(uevents[1:]) == ([("body", body)] if body else []) + [("end",)]
