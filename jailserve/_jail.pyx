@@ -578,6 +578,61 @@ cdef extern from *:
         for (i = 0; i <= nfds; i++) close(fds[i]);
         return status;
     }
+
+    static void js_ns_fail(int fd, const char *what) {
+        char msg[320];
+        int e = errno;
+        int n = snprintf(msg, sizeof msg, "E%d jail init: %s: %s", e, what, strerror(e));
+        if (n > 0 && write(fd, msg, (size_t)n) < 0) { /* the keeper is gone: nothing to tell */ }
+        _exit(1);
+    }
+
+    /* The jail's PID 1, entirely in C (it never runs Python, so the pages it shares with the
+       keeper stay shared): new namespaces, hostname, "u" to the keeper, wait for "g", then
+       fork the master - which returns 0 into Python - and supervise it. */
+    static void js_ns_init(int flags, const char *hostname, int mode, uint64_t init_caps,
+                           int up_w, int down_r) {
+        char c;
+        if (mode != 2 && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) js_ns_fail(up_w, "pdeathsig");
+        if (unshare(flags) < 0) js_ns_fail(up_w, "unshare");
+        if (sethostname(hostname, strlen(hostname)) < 0) js_ns_fail(up_w, "sethostname");
+        if (write(up_w, "u", 1) != 1) _exit(1);
+        if (read(down_r, &c, 1) != 1 || c != 'g') _exit(1);   /* EOF: the keeper died first */
+        pid_t master = fork();
+        if (master < 0) js_ns_fail(up_w, "fork");
+        if (master == 0) return;
+        close(up_w);
+        close(down_r);
+        int st = 1;
+        if (js_ns_limit_caps(init_caps) == 0 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0) {
+            st = js_ns_supervise(master, mode);
+            if (st < 0) st = 1;
+        }
+        _exit(st);
+    }
+
+    /* unshare(CLONE_NEWPID) and fork the jail's init.  Returns the init's pid in the caller
+       (whose pid_for_children is set back to `host_pidns` at once: otherwise its every later
+       fork would land in the jail), 0 in the master, -1 on error in the caller. */
+    static int js_ns_spawn(int flags, const char *hostname, int mode, uint64_t init_caps,
+                           int host_pidns, int up_w, int down_r, int up_r, int down_w) {
+        if (unshare(CLONE_NEWPID) < 0) return -1;
+        PyOS_BeforeFork();
+        pid_t pid = fork();
+        if (pid != 0) {
+            int e = errno;
+            if (setns(host_pidns, CLONE_NEWPID) < 0 && pid > 0) { e = errno; kill(pid, SIGKILL); pid = -1; }
+            PyOS_AfterFork_Parent();
+            errno = e;
+            return pid < 0 ? -1 : (int)pid;
+        }
+        close(up_r);
+        close(down_w);
+        close(host_pidns);
+        js_ns_init(flags, hostname, mode, init_caps, up_w, down_r);
+        PyOS_AfterFork_Child();
+        return 0;
+    }
     #else
     #include <errno.h>
     #define JS_HAVE_LINUX_NS 0
@@ -612,6 +667,9 @@ cdef extern from *:
     static int js_ns_capbset_read(int c) { (void)c; return js_ns_enosys(); }
     static int js_ns_limit_caps(uint64_t k) { (void)k; return js_ns_enosys(); }
     static int js_ns_supervise(pid_t c, int m) { (void)c; (void)m; return js_ns_enosys(); }
+    static int js_ns_spawn(int f, const char *h, int m, uint64_t k, int p, int a, int b, int c, int d) {
+        (void)f; (void)h; (void)m; (void)k; (void)p; (void)a; (void)b; (void)c; (void)d; return js_ns_enosys();
+    }
     #endif
     """
     int JS_HAVE_LINUX_NS
@@ -630,6 +688,8 @@ cdef extern from *:
     int js_ns_capbset_read(int cap)
     int js_ns_limit_caps(uint64_t keep)
     int js_ns_supervise(int child, int mode) nogil
+    int js_ns_spawn(int flags, const char *hostname, int mode, uint64_t init_caps, int host_pidns,
+                    int up_w, int down_r, int up_r, int down_w)
 
 
 HAVE_LINUX_NS = bool(JS_HAVE_LINUX_NS)
@@ -718,6 +778,20 @@ def supervise(int child, int mode):
     if r < 0:
         raise_errno("supervise")
     return r
+
+
+def spawn_jail(int flags, hostname, int mode, uint64_t init_caps, int host_pidns,
+               int up_w, int down_r, int up_r, int down_w):
+    """unshare(CLONE_NEWPID) + fork the jail's init, which runs in C only (js_ns_init).
+    Returns the init's host pid in the caller (the keeper), 0 in the master (pid 2 of the
+    jail, in the namespaces of `flags`, hostname set).  Pipes: init writes "u" on up_w
+    after unsharing, waits for "g" on down_r; on failure it writes "E<errno> message"."""
+    cdef bytes h = _ns_path(hostname)
+    cdef int r = js_ns_spawn(flags, h, mode, init_caps, host_pidns, up_w, down_r, up_r, down_w)
+    if r < 0:
+        raise_errno("unshare(CLONE_NEWPID) + fork")
+    return r
+
 # (section 3 end)
 
 

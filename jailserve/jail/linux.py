@@ -27,11 +27,13 @@ nothing propagates back to the host):
     interpreter (sys.base_prefix, sys.prefix = the venv), every directory on sys.path, the
     jailserve package, and - when ROOT has no /usr of its own - the host's /usr and its
     merged-/usr links (/bin /lib /lib64 /sbin), because the interpreter's shared libraries
-    live there.  `jail-keep-mount = PATH[:DEST]` adds paths; `jail-keep-mount = none`
-    switches the automatic set off (then ROOT must hold an interpreter and jailserve at
-    the same paths).  A kept path whose parent directory exists in ROOT gets its mount
-    point created in ROOT itself (an empty directory that stays).  An interpreter that
-    lives in /usr (sys.base_prefix = /usr) keeps the host's /usr even over ROOT's own.
+    live there; and the app's chdir, pythonpath, wsgi-file directory and virtualenv when
+    they exist on the host but not in ROOT.  `jail-keep-mount = PATH[:DEST]` adds paths;
+    `jail-keep-mount = none` switches the automatic set off (then ROOT must hold an
+    interpreter and jailserve at the same paths).  A kept path whose parent directory
+    exists in ROOT gets its mount point created in ROOT itself (an empty directory that
+    stays).  An interpreter that lives in /usr (sys.base_prefix = /usr) keeps the host's
+    /usr even over ROOT's own.
   * /etc: ROOT's own if it has one, otherwise a synthesized one (passwd, group, hosts,
     nsswitch.conf, resolv.conf), never the host's;
   * /tmp: ROOT's own if it has one, otherwise a private tmpfs;
@@ -183,10 +185,10 @@ def _caps(spec) -> tuple[str, ...]:
 
 def keep_paths(spec) -> tuple[tuple[str, str], ...]:
     """(host path, path inside) pairs to bind read-only; see the module docstring."""
-    words = tuple(getattr(spec, "keep_mounts", ()) or ())
+    words = spec.keep_mounts
     pairs: list[tuple[str, str]] = []
     if spec.root and "none" not in words:
-        pairs = [(p, p) for p in auto_keep(spec.root, getattr(spec, "app_paths", ()) or ())]
+        pairs = [(p, p) for p in auto_keep(spec.root, spec.app_paths)]
     for word in words:
         if word != "none":
             src, _, dst = word.partition(":")
@@ -198,7 +200,9 @@ def auto_keep(root: str, extra=()) -> list[str]:
     import jailserve
     paths = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(jailserve.__file__))]
     paths += [p for p in sys.path if p and os.path.isdir(p)]
-    paths += [p for p in extra if os.path.exists(p)]
+    # app paths (chdir, pythonpath, ...) name the jail's files first, as in uWSGI: the host's
+    # directory is kept only where ROOT has nothing at that path
+    paths += [p for p in extra if os.path.exists(p) and not os.path.lexists(root.rstrip("/") + p)]
     if not os.path.lexists(os.path.join(root, "usr")):
         paths += ["/usr"] + [f"/{d}" for d in USR_LINKS if os.path.lexists(f"/{d}")]
     root = os.path.realpath(root)
@@ -414,9 +418,6 @@ class _Channel:
         self.up_r, self.up_w = os.pipe2(os.O_CLOEXEC)        # init -> keeper
         self.down_r, self.down_w = os.pipe2(os.O_CLOEXEC)    # keeper -> init
 
-    def as_init(self) -> None:
-        os.close(self.up_r), os.close(self.down_w)
-
     def as_keeper(self) -> None:
         os.close(self.up_w), os.close(self.down_r)
 
@@ -459,14 +460,9 @@ def create(spec) -> None:
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)  # nothing is lost before the loops run
     sys.stdout.flush(), sys.stderr.flush()
     try:
-        _jail.unshare(NS["CLONE_NEWPID"])
-        try:
-            pid = os.fork()
-        finally:
-            if os.getpid() != 1:
-                # only children go into the new pid ns; without this every later fork or
-                # subprocess of the keeper would be born in the jail (LINUX_JAILS §3)
-                _jail.setns(host_pidns, NS["CLONE_NEWPID"])
+        # init keeps CAP_KILL only: all it does is reap and kill(2)
+        pid = _jail.spawn_jail(lay.unshare_flags, lay.hostname, 2 if lay.persist else 1, 1 << CAPS["KILL"],
+                               host_pidns, chan.up_w, chan.down_r, chan.up_r, chan.down_w)
     except BaseException:
         os.close(host_pidns)
         chan.close(chan.up_r, chan.up_w, chan.down_r, chan.down_w)
@@ -475,8 +471,7 @@ def create(spec) -> None:
             shutil.rmtree(reserved, ignore_errors=True)
         raise
     if pid == 0:
-        os.close(host_pidns)
-        _init_side(lay, chan, old_mask)   # returns only in the master
+        _master_side(lay, chan, old_mask)   # the init closed the other fds before forking us
         return
     os.close(host_pidns)
     _keeper_side(lay, chan, pid, reserved, old_mask)
@@ -611,35 +606,21 @@ def _unlink(path: str) -> None:
 # inside: the jail's PID 1, then the master
 
 
-def _init_side(lay: Layout, chan: _Channel, old_mask) -> None:
-    chan.as_init()
+def _master_side(lay: Layout, chan: _Channel, old_mask) -> None:
+    """pid 2, in the new namespaces: the jail's network and root (pivot_root moves the
+    init's root with it), then the jail root's limits; create() returns here."""
     try:
-        if not lay.persist:
-            _jail.set_pdeathsig(signal.SIGKILL)     # a SIGKILLed keeper takes the jail with it
-        _jail.unshare(lay.unshare_flags)
-        socket.sethostname(lay.hostname)
-        chan.send(chan.up_w, b"u")
-        chan.expect(chan.down_r, b"g", "keeper")   # EOF here: the keeper died before the pdeathsig
         if lay.new_net:
             _jail_network(lay)
         _enter_root(lay)
         _jail.limit_caps(lay.cap_mask)
         _jail.set_no_new_privs()
-        master = os.fork()
+        chan.send(chan.up_w, b"r")
     except BaseException as exc:
         _report(chan, exc)
         os._exit(1)
-    if master == 0:
-        chan.close(chan.up_w, chan.down_r)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        return
-    chan.send(chan.up_w, b"r")
     chan.close(chan.up_w, chan.down_r)
-    status = 1
-    try:
-        status = _jail.supervise(master, 2 if lay.persist else 1)
-    finally:
-        _exit(status)                      # init never runs the caller's start-up code
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _report(chan: _Channel, exc: BaseException) -> None:

@@ -20,7 +20,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteu
 
 from jailserve import _jail  # noqa: E402
 from jailserve.jail import linux  # noqa: E402
-from jailserve.jail.spec import JailSpec  # noqa: E402
 
 from linux_helpers import (attach_spec, children_of, host_mounts_under, make_spec, ns_inodes,  # noqa: E402
                             pidns_members, registry_names, sh, start, wait_until)
