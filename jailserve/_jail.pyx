@@ -1237,6 +1237,12 @@ def sem_unlink(str name) -> None:
         raise_errno(f"sem_unlink({name!r})")
 
 
+class SemaphoreIndexError(IndexError, ValueError):
+    """A semaphore number out of range.  Also a ValueError: uwsgi.lock(n) raises that for
+    a lock that does not exist, and jailserve.locks hands SharedSemaphores methods to the
+    app directly."""
+
+
 cdef class SharedSemaphores:
     """`count` unnamed process-shared POSIX semaphores (sem_init, pshared=1), each beside the
     pid of its holder, in one anonymous MAP_SHARED mapping.  Make it before fork(): every
@@ -1273,10 +1279,10 @@ cdef class SharedSemaphores:
         if self.slots == NULL:
             raise ValueError("the semaphores are closed")
         if not 0 <= i < self.count:
-            raise IndexError(f"semaphore {i} out of range 0..{self.count - 1}")
+            raise SemaphoreIndexError(f"lock {i} does not exist (0..{self.count - 1})")
         return &self.slots[i]
 
-    def wait(self, Py_ssize_t i, timeout=None, bint restart=True) -> bool:
+    def wait(self, Py_ssize_t i=0, timeout=None, bint restart=True) -> bool:
         """sem_wait (None), sem_trywait (0) or sem_timedwait (seconds): True when taken.
         restart=False: False when a signal interrupted the wait (its handler has run)."""
         cdef js_semslot *s = self._slot(i)
@@ -1286,7 +1292,7 @@ cdef class SharedSemaphores:
         cdef js_semslot *s = self._slot(i)
         return _sem_acquire(&s.sem, &s.holder, 0) == 1
 
-    def post(self, Py_ssize_t i, pid=None) -> bool:
+    def post(self, Py_ssize_t i=0, pid=None) -> bool:
         """sem_post slot i if `pid` (default: this process) holds it; False, and nothing
         posted, if it does not."""
         cdef js_semslot *s = self._slot(i)
