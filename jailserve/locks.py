@@ -85,33 +85,42 @@ def instance_id(argv: list[str]) -> str:
 
 
 class PosixSemEngine:
+    """User locks in one SharedSemaphores, internal ones (the thunder lock) in another, so
+    that the user array's own range check is uwsgi.lock(n)'s: its wait/post can then be
+    handed to callers as they are (C methods, no Python frame per lock)."""
+
     name = "posixsem"
 
-    def __init__(self, total: int):
-        self.sems = _jail.SharedSemaphores(total)
+    def __init__(self, user: int, total: int):
+        self.user = _jail.SharedSemaphores(user)
+        self.internal = _jail.SharedSemaphores(total - user) if total > user else None
+        self.arrays = [self.user] * user + [self.internal] * (total - user)
+        self.offsets = list(range(user)) + list(range(total - user))
 
     def acquire(self, i: int, restart: bool = True) -> bool:
-        return self.sems.wait(i, None, restart)   # False: a signal, restart=False
+        return self.arrays[i].wait(self.offsets[i], None, restart)   # False: a signal (restart=False)
 
     def release(self, i: int) -> bool:
-        return self.sems.post(i)          # False when this process does not hold it
+        return self.arrays[i].post(self.offsets[i])   # False when this process does not hold it
 
-    def fast_ops(self) -> tuple[Callable, Callable]:
-        return self.sems.wait, self.sems.post     # C methods: lock() adds one frame only
+    def fast_ops(self) -> tuple[Callable, Callable, bool]:
+        return self.user.wait, self.user.post, True    # True: they check the range themselves
 
     def is_locked(self, i: int) -> bool:
-        return self.sems.value(i) == 0
+        return self.arrays[i].value(self.offsets[i]) == 0
 
     def holder(self, i: int) -> int:
-        return self.sems.holder(i)
+        return self.arrays[i].holder(self.offsets[i])
 
     def release_dead(self, i: int, pid: int) -> bool:
         # No SEM_UNDO for POSIX semaphores: the master posts for the dead holder.  post()
         # clears the holder word by compare-and-swap first, so this never double-posts.
-        return self.sems.post(i, pid)
+        return self.arrays[i].post(self.offsets[i], pid)
 
     def close(self, remove: bool) -> None:
-        self.sems.close()
+        for sems in (self.user, self.internal):
+            if sems is not None:
+                sems.close()
 
     def registry_sets(self) -> list[dict]:
         return []                         # anonymous memory: nothing outlives the processes
@@ -181,8 +190,8 @@ class IpcSemEngine:
         _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
         return True
 
-    def fast_ops(self) -> tuple[Callable, Callable]:
-        return self.acquire, self.release
+    def fast_ops(self) -> tuple[Callable, Callable, bool]:
+        return self.acquire, self.release, False       # the range is checked in lock()
 
     def is_locked(self, i: int) -> bool:
         return _jail.semctl(self.semids[i], 0, _jail.GETVAL) == 0
@@ -388,7 +397,7 @@ class LockSet:
                 log.emit("no writable registry directory: SysV sets of a killed master will not be found")
             self.registry.sweep()
         self.thunder_index = plan.user_locks if plan.thunder else None
-        self.engine = IpcSemEngine(plan, self._report_dead) if plan.engine == "ipcsem" else PosixSemEngine(plan.total)
+        self.engine = IpcSemEngine(plan, self._report_dead) if plan.engine == "ipcsem" else PosixSemEngine(plan.user_locks, plan.total)
         if self.registry is not None:
             self.registry.write(self.engine, plan.persistent)
         self._give_to_user()
@@ -482,9 +491,14 @@ def setup(config, run_dir: str | None = None) -> LockSet:
 
 
 def _install(lockset: LockSet | None) -> None:
-    global _current, _acquire, _release, _user_locks, _thunder
+    # When the engine's own methods check the lock number (posixsem: SharedSemaphores raises
+    # an IndexError that is a ValueError), lock/unlock ARE those C methods until cleanup();
+    # otherwise the Python functions below check it.  Callers look them up as locks.lock
+    # (or bind them after setup()).
+    global _current, _acquire, _release, _user_locks, _thunder, lock, unlock
     _current = lockset
-    _acquire, _release = lockset.engine.fast_ops() if lockset else (None, None)
+    _acquire, _release, checked = lockset.engine.fast_ops() if lockset else (None, None, False)
+    lock, unlock = (_acquire, _release) if checked else (_lock, _unlock)
     _user_locks = lockset.plan.user_locks if lockset else 0
     _thunder = lockset.thunder_index if lockset else None
 
@@ -500,17 +514,21 @@ def _refuse(n: int) -> None:
     raise AssertionError(n)
 
 
-def lock(n: int = 0) -> None:
+def _lock(n: int = 0) -> None:
     if not 0 <= n < _user_locks:
         _refuse(n)
     _acquire(n)
 
 
-def unlock(n: int = 0) -> None:
+def _unlock(n: int = 0) -> None:
     # a lock this process does not hold is left alone (as a robust mutex's EPERM)
     if not 0 <= n < _user_locks:
         _refuse(n)
     _release(n)
+
+
+lock = _lock        # lock(n=0): wait for user lock n (ValueError if there is none)
+unlock = _unlock    # unlock(n=0): release it (nothing if this process does not hold it)
 
 
 def is_locked(n: int = 0) -> bool:
@@ -527,8 +545,8 @@ def accept_lock() -> bool:
 
 
 def accept_unlock() -> None:
-    if _thunder is not None:
-        _release(_thunder)
+    if _current is not None:
+        _current.accept_unlock()
 
 
 def release_dead(pid: int) -> list[int]:
