@@ -198,6 +198,9 @@ def test_jail_root_cannot_change_the_jail(jails, root, name, netns):
         ip = subprocess.run(["ip", "addr", "add", "198.18.7.50/32", "dev", "eth0"], capture_output=True, text=True)
         out["ip_addr_add"] = ip.returncode
         out["uid"] = os.getuid()
+        out["status"] = {k: v.strip() for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
+                         if k in ("CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb", "NoNewPrivs")}
+        out["capbset_sys_admin"] = _jail.capbset_has(linux.CAPS["SYS_ADMIN"])
         return serve_facts(inside, lambda: out)
 
     jail = run(jails, make_spec(root, "locked", name, ip4=["198.18.7.3"]), body, netns=netns)
@@ -210,6 +213,14 @@ def test_jail_root_cannot_change_the_jail(jails, root, name, netns):
     assert facts["raw_socket"] == "EPERM"
     assert facts["ip_addr_add"] != 0
     assert facts["bind_jail_port_80"] == "ok"      # a jail's root keeps its reserved ports
+    kept = sum(1 << linux.CAPS[c] for c in linux.JAIL_ROOT_CAPS)
+    status = facts["status"]
+    assert int(status["CapBnd"], 16) == int(status["CapEff"], 16) == int(status["CapPrm"], 16) == kept
+    assert int(status["CapInh"], 16) == int(status["CapAmb"], 16) == 0
+    assert status["NoNewPrivs"] == "1" and facts["capbset_sys_admin"] is False
+    (init,) = children_of(jail.keeper)              # the jail's init keeps CAP_KILL alone
+    init_status = dict(line.split(":", 1) for line in open(f"/proc/{init}/status"))
+    assert int(init_status["CapEff"], 16) == int(init_status["CapBnd"], 16) == 1 << linux.CAPS["KILL"]
     assert "198.18.7.50" not in sh(f"nsenter -t {children_of(jail.keeper)[0]} -n ip -o addr")
     jail.send({"do": "exit"})
     assert jail.wait() == 0
