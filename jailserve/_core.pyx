@@ -1966,12 +1966,23 @@ cdef class Connection:
         return 0
 
     cdef int read_head(self) except -1:
+        # A head that has started must be complete within socket-timeout in total: a client
+        # dripping a byte per second would otherwise hold a sync worker forever (each recv
+        # alone is within the timeout).  Between requests only the idle limit applies.
         cdef RequestParser p = self.parser
+        cdef uint64_t first = 0, now
+        cdef double budget = self.server.cfg.socket_timeout
         while True:
             if p.try_head() == R_HEAD:
                 return 1
             if p.state == ST_CLOSED:
                 return 0
+            if p.end > p.start and budget > 0:
+                now = js_monotonic_ns()
+                if first == 0:
+                    first = now
+                elif now - first > <uint64_t>(budget * 1e9):
+                    return 0
             if self.fill(True) <= 0:
                 return 0
 

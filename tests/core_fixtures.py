@@ -50,8 +50,6 @@ def serving(app, kinds=("http11",), setup=None, host="127.0.0.1", family=socket.
     pid = os.fork()
     if pid == 0:
         _child(socks, app, cfg, setup)
-    for s, _ in socks:
-        pass
     ports = [s.getsockname()[1] for s, _ in socks]
     for s, _ in socks:
         s.close()

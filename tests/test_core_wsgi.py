@@ -178,6 +178,27 @@ def test_idle_keep_alive_connection_is_closed_after_socket_timeout():
         s.close()
 
 
+def test_dripped_head_is_cut_off():
+    # Each byte arrives well within socket-timeout (1 s), the whole head would take ~6 s: the
+    # server must hang up while bytes are still coming (not only once they stop).
+    import select
+    with serving(hello, socket_timeout=1.0) as (ports, _):
+        s = connect(ports[0], timeout=30)
+        head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Slow: " + b"x" * 100
+        closed_while_sending = False
+        for i in range(len(head)):
+            try:
+                s.sendall(head[i:i + 1])
+                if select.select([s], [], [], 0.05)[0] and s.recv(10) == b"":
+                    closed_while_sending = True
+            except OSError:
+                closed_while_sending = True
+            if closed_while_sending:
+                break
+        assert closed_while_sending
+        s.close()
+
+
 def test_connection_close_request():
     with serving(hello) as (ports, _):
         s = connect(ports[0])
