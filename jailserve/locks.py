@@ -2,9 +2,9 @@
 
 Two engines over `_jail`'s semaphores, both made by the master before it forks:
 
-- `posixsem` (default): unnamed process-shared POSIX semaphores in one anonymous shared
-  mapping.  Nothing has a name, so nothing can be left behind: the kernel frees the
-  mapping with the last process.  POSIX semaphores have no SEM_UNDO, so each one sits
+- `posixsem` (default): unnamed process-shared POSIX semaphores in anonymous shared
+  mappings.  Nothing has a name, so nothing can be left behind: the kernel frees the
+  mappings with the last process.  POSIX semaphores have no SEM_UNDO, so each one sits
   beside the pid of its holder and the master, told that a worker died, releases what that
   pid held (`release_dead`).
 - `ipcsem` (`lock-engine = ipcsem`): one SysV set of one semaphore per lock, operated with
@@ -109,21 +109,16 @@ class PosixSemEngine:
     def is_locked(self, i: int) -> bool:
         return self.arrays[i].value(self.offsets[i]) == 0
 
-    def holder(self, i: int) -> int:
-        return self.arrays[i].holder(self.offsets[i])
-
     def release_dead(self, i: int, pid: int) -> bool:
         # No SEM_UNDO for POSIX semaphores: the master posts for the dead holder.  post()
         # clears the holder word by compare-and-swap first, so this never double-posts.
         return self.arrays[i].post(self.offsets[i], pid)
 
     def close(self, remove: bool) -> None:
+        # anonymous memory: nothing to remove, nothing outlives the processes
         for sems in (self.user, self.internal):
             if sems is not None:
                 sems.close()
-
-    def registry_sets(self) -> list[dict]:
-        return []                         # anonymous memory: nothing outlives the processes
 
 
 class IpcSemEngine:
@@ -142,7 +137,6 @@ class IpcSemEngine:
         self.on_dead_holder = on_dead_holder
         self.semids: list[int] = []
         self.keyed = bool(plan.ftok)
-        self.persistent = plan.persistent
         self._map = mmap.mmap(-1, 4 * plan.total)
         self.holders = memoryview(self._map).cast("i")
         try:
@@ -196,9 +190,6 @@ class IpcSemEngine:
     def is_locked(self, i: int) -> bool:
         return _jail.semctl(self.semids[i], 0, _jail.GETVAL) == 0
 
-    def holder(self, i: int) -> int:
-        return self.holders[i] if self.is_locked(i) else 0
-
     def release_dead(self, i: int, pid: int) -> bool:
         # The kernel undid the dead holder's -1 (SEM_UNDO) as it exited.  Take the lock
         # (without waiting) to read and clear its word under the lock; if someone else has
@@ -221,7 +212,7 @@ class IpcSemEngine:
         return [set_identity(semid) for semid in self.semids]
 
     def close(self, remove: bool) -> list[int]:
-        """Remove the sets (unless persistent and keyed); returns the ids left in place."""
+        """Remove the sets when `remove`; returns the ids left in place."""
         left = []
         if remove:
             for semid in self.semids:

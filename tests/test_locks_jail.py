@@ -399,6 +399,8 @@ def test_shared_semaphores_are_anonymous_memory():
         assert sems.count == 8 and sems.creator == os.getpid()
         with pytest.raises(IndexError):
             sems.wait(8)
+        with pytest.raises(ValueError):         # what uwsgi.lock(n) raises for a missing lock
+            sems.post(-1)
     finally:
         sems.close()
     with pytest.raises(ValueError):
