@@ -100,6 +100,16 @@ def serve_facts(inside, extra=None):
             inside.send({"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr})
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def python_inside(code: str) -> str:
+    """A fresh interpreter (as a reload's re-exec starts one), with the server's PYTHONPATH."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    return proc.stdout + proc.stderr
+
+
 def host_view(jid):
     return {"ns": ns_inodes(jid), "pidns": os.readlink(f"/proc/{jid}/ns/pid")}
 
@@ -112,7 +122,10 @@ def test_jail_namespaces_root_hostname_pids(jails, root, name, tmp_path):
     jail = run(jails, make_spec(root, "box1", name, jidfile=str(jidfile)), lambda i: serve_facts(i, lambda: {
         "host_marker": os.path.exists(str(tmp_path / "HOST_MARKER")),
         "etc_passwd": open("/etc/passwd").read(), "resolve": socket.gethostbyname("localhost"),
-        "tmp_writable": open("/tmp/x", "w").write("x"), "mountinfo": open("/proc/self/mountinfo").read()}))
+        "tmp_writable": open("/tmp/x", "w").write("x"), "mountinfo": open("/proc/self/mountinfo").read(),
+        # what a reload by re-exec and lazy imports need: the interpreter, the stdlib, jailserve
+        "python": python_inside("import xml.dom.minidom, sqlite3, ssl, jailserve._jail, jailserve.jail.linux; print('ok')"),
+        "write_usr": subprocess.run(["touch", "/usr/x"], capture_output=True).returncode}))
     facts = jail.recv()
     jid = int(jidfile.read_text())
     assert jidfile.read_text() == f"{jid}\n"
@@ -121,6 +134,7 @@ def test_jail_namespaces_root_hostname_pids(jails, root, name, tmp_path):
     assert "ROOT_MARKER" in facts["root"] and not facts["host_marker"]
     assert facts["pids"] == [1, 2]
     assert facts["resolve"] == "127.0.0.1" and facts["etc_passwd"].startswith("root:x:0:0:")
+    assert facts["python"] == "ok\n" and facts["write_usr"] != 0      # kept paths are read-only
     assert str(tmp_path) not in facts["mountinfo"].replace(str(root), "ROOT")   # only ROOT's own mounts
     outside, mine = host_view(jid), ns_inodes()
     for ns in ("mnt", "uts", "ipc", "pid", "net"):
