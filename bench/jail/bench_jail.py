@@ -99,14 +99,12 @@ def pct(xs, p):
 
 
 def bench_create(kinds, runs: int, root: str) -> dict:
-    res = {}
-    for kind in kinds:
-        times = []
-        for i in range(runs):
+    res: dict[str, list] = {kind: [] for kind in kinds}
+    for i in range(runs):                          # interleaved, as in bench_server
+        for kind in kinds:
             pid, elapsed, stop_w = start_one(kind, root, i)
-            times.append(elapsed)
+            res[kind].append(elapsed)
             stop_one(pid, stop_w)
-        res[kind] = times
     return res
 
 
@@ -222,12 +220,14 @@ def bench_server(runs: int) -> dict:
     with open(os.path.join(tmp, "root", "app", "app.py"), "w") as f:
         f.write(APP)
     try:
-        res = {}
-        for kind in ("bare", "jail", "veth"):
+        kinds = ("bare", "jail", "veth")
+        for kind in kinds:
             serve_once(tmp, kind, runs)            # warm-up: writes the .pyc files
-            rows = [serve_once(tmp, kind, i) for i in range(runs)]
-            res[kind] = ([r[0] for r in rows], statistics.mean(r[1] for r in rows))
-        return res
+        rows: dict[str, list] = {kind: [] for kind in kinds}
+        for i in range(runs):                      # interleaved, so a change in the machine's load hits all three
+            for kind in kinds:
+                rows[kind].append(serve_once(tmp, kind, i))
+        return {kind: ([r[0] for r in rs], statistics.mean(r[1] for r in rs)) for kind, rs in rows.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

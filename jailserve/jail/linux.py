@@ -411,8 +411,9 @@ def remove(target: str) -> None:
 
 
 class _Channel:
-    """Two CLOEXEC pipes between the keeper and the jail's init.  Messages are one byte:
-    u (unshared), g (go), r (ready); E is followed by 'errno message' and EOF."""
+    """Two CLOEXEC pipes between the keeper and the jail.  Messages are one byte: u (the
+    init has unshared), g (the keeper's go), r (the master is ready); E, from either,
+    is followed by 'errno message' and EOF."""
 
     def __init__(self) -> None:
         self.up_r, self.up_w = os.pipe2(os.O_CLOEXEC)        # init -> keeper

@@ -334,6 +334,17 @@ def jls_processes(name) -> int:
     return [j for j in linux.list_jails() if j.name == name][0].processes
 
 
+def test_remove_kills_the_jail_like_jail_r(jails, root, name):
+    jail = run(jails, make_spec(root, "gone", name, params={"persist": True}, persist=True), serve_facts)
+    facts = jail.recv()
+    linux.remove(name)
+    assert jail.wait() == 128 + signal.SIGKILL     # the init's status, as the keeper saw it
+    assert_nothing_left({**facts, "name": name}, root=root)
+    with pytest.raises(OSError) as exc:
+        linux.remove(name)
+    assert exc.value.errno == errno.ENOENT
+
+
 def _master_host_pid(jail) -> int:
     (init,) = children_of(jail.keeper)
     (master,) = children_of(init)
