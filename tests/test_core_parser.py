@@ -6,6 +6,7 @@ clause it comes from).  Valid cases list the requests the parser must report; in
 status and rule (`HTTPError.code`) and how many requests come before the error.
 """
 import codecs
+import io
 import json
 import pathlib
 import struct
@@ -218,3 +219,32 @@ def test_uwsgi_gives_the_same_environ(path):
     uevents = up.feed(uwsgi_packet(pairs) + body)
     assert uevents[0] == ("environ", dict(base, **cgi))
     assert merge(uevents[1:]) == ([("body", body)] if body else []) + [("end",)]
+
+
+class _StdlibRequest(__import__("http.server").server.BaseHTTPRequestHandler):
+    """The stdlib's own request-head parser, fed from bytes (no socket)."""
+
+    def __init__(self, data):
+        self.rfile = io.BytesIO(data)
+        self.wfile = io.BytesIO()
+        self.raw_requestline = self.rfile.readline(65537)
+        while self.raw_requestline == b"\r\n":          # RFC 9112 §2.2, as we do
+            self.raw_requestline = self.rfile.readline(65537)
+        self.ok = self.parse_request()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("path", [p for p in cases("valid") if "protocol" not in load(p)[1]],
+                         ids=lambda p: p.stem)
+def test_valid_against_stdlib_parser(path):
+    # STYLE §4: an independent oracle (h11 does the same against the stdlib)
+    data, exp = load(path)
+    ours = parser(exp).feed(data)[0]
+    std = _StdlibRequest(data)
+    assert std.ok
+    assert (std.command, std.path, std.request_version) == (
+        ours[1].decode("latin-1"), ours[2].decode("latin-1"), ours[3].decode("latin-1"))
+    assert [(k, v.strip(" \t")) for k, v in std.headers.items()] == [
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in ours[4]]
