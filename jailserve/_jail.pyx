@@ -811,6 +811,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EAGAIN, EINTR, ETIMEDOUT
 from posix.time cimport timespec
 from posix.types cimport pid_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 import os as _sem_os
 
@@ -985,6 +986,20 @@ cdef extern from *:
         return sem_post(&s->sem) < 0 ? -errno : 1;
     }
 
+    /* Holder words for SysV locks: pid_t[n] in an anonymous shared mapping (zeroed). */
+    static pid_t *js_words_map(size_t n) {
+        void *p = mmap(NULL, n * sizeof(pid_t), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | JS_MAP_ANON, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        memset(p, 0, n * sizeof(pid_t));
+        return (pid_t *)p;
+    }
+
+    static int js_words_unmap(pid_t *p, size_t n) {
+        return munmap((void *)p, n * sizeof(pid_t)) < 0 ? errno : 0;
+    }
+
     static pid_t js_slot_holder(js_semslot *s) {
         return __atomic_load_n(&s->holder, __ATOMIC_ACQUIRE);
     }
@@ -1050,6 +1065,8 @@ cdef extern from *:
     int js_slot_init(js_semslot *s, unsigned int value)
     int js_slot_post(js_semslot *s, pid_t pid)
     pid_t js_slot_holder(js_semslot *s)
+    pid_t *js_words_map(size_t n)
+    int js_words_unmap(pid_t *p, size_t n)
 
 
 IPC_PRIVATE = c_IPC_PRIVATE
@@ -1100,25 +1117,29 @@ def semget(key_t key, int nsems, int flags) -> int:
     return semid
 
 
-def semop(int semid, int semnum, int op, int flags=0, bint restart=True) -> bool:
-    """semop(2) with one operation.  True when done; False when IPC_NOWAIT is in flags and
-    it would block, or (restart=False) when a signal interrupted the wait, once its Python
-    handler has run.  A blocking wait releases the GIL."""
+cdef int _semop(int semid, int semnum, int op, int flags, bint restart) except -1:
     # Try without blocking first: an uncontended lock needs no GIL round trip.
     cdef int err = js_semop1(semid, semnum, op, flags | c_IPC_NOWAIT)
     while err != 0:
         if err == EAGAIN:
             if flags & c_IPC_NOWAIT:
-                return False
+                return 0
         elif err == EINTR:
             PyErr_CheckSignals()
             if not restart:
-                return False
+                return 0
         else:
             _raise_err(err, f"semop(semid={semid}, sem={semnum}, op={op})")
         with nogil:
             err = js_semop1(semid, semnum, op, flags)
-    return True
+    return 1
+
+
+def semop(int semid, int semnum, int op, int flags=0, bint restart=True) -> bool:
+    """semop(2) with one operation.  True when done; False when IPC_NOWAIT is in flags and
+    it would block, or (restart=False) when a signal interrupted the wait, once its Python
+    handler has run.  A blocking wait releases the GIL."""
+    return _semop(semid, semnum, op, flags, restart) == 1
 
 
 def semctl(int semid, int semnum, int cmd, int value=0) -> int:
@@ -1329,6 +1350,102 @@ cdef class SharedSemaphores:
     def __dealloc__(self):
         if self.slots != NULL:
             js_slots_unmap(self.slots, <size_t>self.count)
+
+
+cdef class SysVLocks:
+    """Binary locks over SysV sets of one semaphore each (made by the caller, value 1),
+    taken and released with SEM_UNDO so the kernel releases a dying holder's lock.  Each
+    lock has a holder word in an anonymous MAP_SHARED mapping (make this before fork()),
+    written only while holding the lock.  unlock clears it, so a word found set when the
+    lock is taken names a holder that died: wait() then calls on_dead_holder(i, pid).  The
+    master's release_dead(i, pid) takes the lock without waiting to clear such a word, so
+    a death is reported once, by whoever takes the lock first after it."""
+
+    cdef int *semids
+    cdef pid_t *holders
+    cdef readonly Py_ssize_t count
+    cdef public object on_dead_holder
+
+    def __cinit__(self, semids, on_dead_holder=None):
+        cdef Py_ssize_t i, n = len(semids)
+        if n < 1:
+            raise ValueError("at least one set is needed")
+        self.semids = <int *>PyMem_Malloc(n * sizeof(int))
+        if self.semids == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.semids[i] = semids[i]
+        self.holders = js_words_map(<size_t>n)
+        if self.holders == NULL:
+            PyMem_Free(self.semids)
+            self.semids = NULL
+            raise_errno(f"mmap(MAP_SHARED|MAP_ANON, {n} holder words)")
+        self.count = n
+        self.on_dead_holder = on_dead_holder
+        js_self_pid_refresh()
+
+    cdef Py_ssize_t _index(self, Py_ssize_t i) except -1:
+        if self.holders == NULL:
+            raise ValueError("the locks are closed")
+        if not 0 <= i < self.count:
+            raise SemaphoreIndexError(f"lock {i} does not exist (0..{self.count - 1})")
+        return i
+
+    def wait(self, Py_ssize_t i=0, bint restart=True) -> bool:
+        """Take lock i (semop -1, SEM_UNDO).  restart=False: False when a signal interrupted
+        the wait and its handler ran."""
+        cdef pid_t previous
+        self._index(i)
+        if not _semop(self.semids[i], 0, -1, c_SEM_UNDO, restart):
+            return False
+        previous = self.holders[i]
+        self.holders[i] = js_self_pid
+        if previous != 0 and self.on_dead_holder is not None:
+            self.on_dead_holder(i, previous)
+        return True
+
+    def post(self, Py_ssize_t i=0) -> bool:
+        """Release lock i if this process holds it; False, and nothing done, if not (an
+        extra +1 would let two holders in)."""
+        self._index(i)
+        if self.holders[i] != js_self_pid:
+            return False
+        self.holders[i] = 0
+        _semop(self.semids[i], 0, 1, c_SEM_UNDO, True)
+        return True
+
+    def release_dead(self, Py_ssize_t i, pid_t pid) -> bool:
+        """The master, after `pid` died: True if it held lock i (the kernel has already
+        released it) and nobody reported that yet.  Clears its word under the lock."""
+        self._index(i)
+        if self.holders[i] != pid or not _semop(self.semids[i], 0, -1, c_SEM_UNDO | c_IPC_NOWAIT, True):
+            return False
+        found = self.holders[i] == pid
+        if found:
+            self.holders[i] = 0
+        _semop(self.semids[i], 0, 1, c_SEM_UNDO, True)
+        return found
+
+    def value(self, Py_ssize_t i) -> int:
+        self._index(i)
+        return semctl(self.semids[i], 0, c_GETVAL)
+
+    def semid(self, Py_ssize_t i) -> int:
+        self._index(i)
+        return self.semids[i]
+
+    def close(self) -> None:
+        """Unmap the holder words (the sets themselves are the caller's to remove)."""
+        if self.holders != NULL:
+            js_words_unmap(self.holders, <size_t>self.count)
+            self.holders = NULL
+        PyMem_Free(self.semids)
+        self.semids = NULL
+
+    def __dealloc__(self):
+        if self.holders != NULL:
+            js_words_unmap(self.holders, <size_t>self.count)
+        PyMem_Free(self.semids)
 
 
 # (section 4 end)
