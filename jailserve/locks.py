@@ -84,30 +84,43 @@ def instance_id(argv: list[str]) -> str:
 # engines: index -> acquire/release; the lock set adds numbering, thunder and cleanup
 
 
-class PosixSemEngine:
-    """User locks in one SharedSemaphores, internal ones (the thunder lock) in another, so
-    that the user array's own range check is uwsgi.lock(n)'s: its wait/post can then be
-    handed to callers as they are (C methods, no Python frame per lock)."""
+class SplitEngine:
+    """Lock i of the set, whatever the engine: user locks live in one array object and
+    internal ones (the thunder lock) in another, so that the user array's own range check
+    (an IndexError that is a ValueError) is uwsgi.lock(n)'s, and its C methods wait/post
+    can be handed out as lock/unlock with no Python frame per call."""
 
-    name = "posixsem"
+    name = ""
 
-    def __init__(self, user: int, total: int):
-        self.user = _jail.SharedSemaphores(user)
-        self.internal = _jail.SharedSemaphores(total - user) if total > user else None
-        self.arrays = [self.user] * user + [self.internal] * (total - user)
-        self.offsets = list(range(user)) + list(range(total - user))
+    def _split(self, user, internal, n_user: int, n_internal: int) -> None:
+        self.user, self.internal = user, internal
+        self.arrays = [user] * n_user + [internal] * n_internal
+        self.offsets = list(range(n_user)) + list(range(n_internal))
 
     def acquire(self, i: int, restart: bool = True) -> bool:
-        return self.arrays[i].wait(self.offsets[i], None, restart)   # False: a signal (restart=False)
+        return self.arrays[i].wait(self.offsets[i], restart=restart)   # False: a signal came
 
     def release(self, i: int) -> bool:
         return self.arrays[i].post(self.offsets[i])   # False when this process does not hold it
 
-    def fast_ops(self) -> tuple[Callable, Callable, bool]:
-        return self.user.wait, self.user.post, True    # True: they check the range themselves
+    def fast_ops(self) -> tuple[Callable, Callable]:
+        return self.user.wait, self.user.post
 
     def is_locked(self, i: int) -> bool:
         return self.arrays[i].value(self.offsets[i]) == 0
+
+    def release_dead(self, i: int, pid: int) -> bool:
+        return self.arrays[i].release_dead(self.offsets[i], pid)
+
+
+class PosixSemEngine(SplitEngine):
+    """_jail.SharedSemaphores: sem_init(pshared=1) slots, each beside its holder's pid."""
+
+    name = "posixsem"
+
+    def __init__(self, user: int, total: int):
+        internal = _jail.SharedSemaphores(total - user) if total > user else None
+        self._split(_jail.SharedSemaphores(user), internal, user, total - user)
 
     def release_dead(self, i: int, pid: int) -> bool:
         # No SEM_UNDO for POSIX semaphores: the master posts for the dead holder.  post()
@@ -121,27 +134,26 @@ class PosixSemEngine:
                 sems.close()
 
 
-class IpcSemEngine:
-    """One SysV set of one semaphore per lock, SEM_UNDO on every operation (uWSGI's ipcsem).
-
-    Holder pids live in a small shared mapping too, written only while holding the lock (so
-    the lock itself guards them): they let unlock() refuse a lock this process does not hold
-    (an extra +1 would let two holders in), and name a holder that died: unlock clears the
-    word, so a word still set when the lock is next taken belongs to a dead holder.  Whoever
-    takes the lock first after the death (the next worker, or the master in release_dead)
-    reports it, exactly once, through `on_dead_holder`."""
+class IpcSemEngine(SplitEngine):
+    """One SysV set of one semaphore per lock, SEM_UNDO on every operation (uWSGI's ipcsem),
+    driven by _jail.SysVLocks (holder words: unlock by a non-holder is refused, and a holder
+    that died is reported exactly once, by whoever takes the lock first after it)."""
 
     name = "ipcsem"
 
     def __init__(self, plan: LockPlan, on_dead_holder: Callable[[int, int], None]):
-        self.on_dead_holder = on_dead_holder
         self.semids: list[int] = []
         self.keyed = bool(plan.ftok)
-        self._map = mmap.mmap(-1, 4 * plan.total)
-        self.holders = memoryview(self._map).cast("i")
+        self.user = self.internal = None
         try:
             for i in range(plan.total):
                 self._make(plan, i)
+            n_user = plan.user_locks
+            user = _jail.SysVLocks(self.semids[:n_user], on_dead_holder)
+            internal = None
+            if plan.total > n_user:
+                internal = _jail.SysVLocks(self.semids[n_user:], lambda i, pid: on_dead_holder(n_user + i, pid))
+            self._split(user, internal, n_user, plan.total - n_user)
         except BaseException:
             self.close(remove=True)
             raise
@@ -163,47 +175,6 @@ class IpcSemEngine:
         self.semids.append(semid)         # kept before SETVAL: a failure still removes it
         _jail.semctl(semid, 0, _jail.SETVAL, 1)
 
-    def acquire(self, i: int, restart: bool = True) -> bool:
-        try:
-            if not _jail.semop(self.semids[i], 0, -1, _jail.SEM_UNDO, restart):
-                return False              # a signal came (restart=False); its handler ran
-        except OSError as e:
-            if e.errno in (errno.EIDRM, errno.EINVAL):
-                raise LockError(f"lock {i}: its SysV set {self.semids[i]} was removed under us") from None
-            raise
-        previous = self.holders[i]
-        self.holders[i] = _jail.self_pid()
-        if previous:
-            self.on_dead_holder(i, previous)
-        return True
-
-    def release(self, i: int) -> bool:
-        if self.holders[i] != _jail.self_pid():
-            return False
-        self.holders[i] = 0
-        _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
-        return True
-
-    def fast_ops(self) -> tuple[Callable, Callable, bool]:
-        return self.acquire, self.release, False       # the range is checked in lock()
-
-    def is_locked(self, i: int) -> bool:
-        return _jail.semctl(self.semids[i], 0, _jail.GETVAL) == 0
-
-    def release_dead(self, i: int, pid: int) -> bool:
-        # The kernel undid the dead holder's -1 (SEM_UNDO) as it exited.  Take the lock
-        # (without waiting) to read and clear its word under the lock; if someone else has
-        # it, that one saw the word when it took the lock and reported it.
-        if self.holders[i] != pid or not _jail.semop(self.semids[i], 0, -1, _jail.SEM_UNDO | _jail.IPC_NOWAIT):
-            return False
-        try:
-            if self.holders[i] != pid:
-                return False
-            self.holders[i] = 0
-            return True
-        finally:
-            _jail.semop(self.semids[i], 0, 1, _jail.SEM_UNDO)
-
     def chown(self, uid: int | None, gid: int | None) -> None:
         for semid in self.semids:
             _jail.sem_set_owner(semid, -1 if uid is None else uid, -1 if gid is None else gid)
@@ -219,8 +190,9 @@ class IpcSemEngine:
                 if not remove_set(semid, check_alive=self.keyed):
                     left.append(semid)
         self.semids = left
-        self.holders.release()
-        self._map.close()
+        for locks in (self.user, self.internal):
+            if locks is not None:
+                locks.close()
         return left
 
 
@@ -456,14 +428,10 @@ class LockSet:
 # ---------------------------------------------------------------------------------------
 # the module API (the master, the worker loop and the `uwsgi` module call these)
 #
-# lock()/unlock() are what an app's uwsgi.lock() costs, so they are one Python frame over the
-# engine's C call: the engine's bound methods and the lock count are kept in module globals
-# by setup() (a fork inherits them), not looked up through the LockSet on every call.
+# lock()/unlock() are what an app's uwsgi.lock() costs, so setup() makes them the engine's
+# C methods themselves (a fork inherits the module globals); nothing in Python runs per call.
 
 _current: LockSet | None = None
-_acquire: Callable[[int], object] | None = None
-_release: Callable[[int], object] | None = None
-_user_locks = 0                           # 0 before setup(): every n is refused
 _thunder: int | None = None
 
 
@@ -482,15 +450,12 @@ def setup(config, run_dir: str | None = None) -> LockSet:
 
 
 def _install(lockset: LockSet | None) -> None:
-    # When the engine's own methods check the lock number (posixsem: SharedSemaphores raises
-    # an IndexError that is a ValueError), lock/unlock ARE those C methods until cleanup();
-    # otherwise the Python functions below check it.  Callers look them up as locks.lock
-    # (or bind them after setup()).
-    global _current, _acquire, _release, _user_locks, _thunder, lock, unlock
+    # After setup(), lock/unlock ARE the user locks' C methods (their range check raises an
+    # IndexError that is a ValueError, as uwsgi.lock(n)); before it and after cleanup()
+    # they raise LockError.  Callers look them up as locks.lock (or bind them after setup()).
+    global _current, _thunder, lock, unlock
     _current = lockset
-    _acquire, _release, checked = lockset.engine.fast_ops() if lockset else (None, None, False)
-    lock, unlock = (_acquire, _release) if checked else (_lock, _unlock)
-    _user_locks = lockset.plan.user_locks if lockset else 0
+    lock, unlock = lockset.engine.fast_ops() if lockset else (_not_set_up, _not_set_up)
     _thunder = lockset.thunder_index if lockset else None
 
 
@@ -500,26 +465,12 @@ def current() -> LockSet:
     return _current
 
 
-def _refuse(n: int) -> None:
-    current()._index(n)                   # raises: LockError before setup, else ValueError
-    raise AssertionError(n)
+def _not_set_up(n: int = 0) -> None:
+    raise LockError("no locks: locks.setup(config) was not called in the master")
 
 
-def _lock(n: int = 0) -> None:
-    if not 0 <= n < _user_locks:
-        _refuse(n)
-    _acquire(n)
-
-
-def _unlock(n: int = 0) -> None:
-    # a lock this process does not hold is left alone (as a robust mutex's EPERM)
-    if not 0 <= n < _user_locks:
-        _refuse(n)
-    _release(n)
-
-
-lock = _lock        # lock(n=0): wait for user lock n (ValueError if there is none)
-unlock = _unlock    # unlock(n=0): release it (nothing if this process does not hold it)
+lock = _not_set_up      # lock(n=0): wait for user lock n (ValueError if there is none)
+unlock = _not_set_up    # unlock(n=0): release it (nothing if this process does not hold it)
 
 
 def is_locked(n: int = 0) -> bool:

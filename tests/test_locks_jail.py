@@ -405,3 +405,50 @@ def test_shared_semaphores_are_anonymous_memory():
         sems.close()
     with pytest.raises(ValueError):
         sems.value(0)
+
+
+# --- SysVLocks: binary locks over SysV sets, with holder words ---------------------------
+
+def test_sysv_locks_holder_words_and_a_dead_holder_reported_once(sysv_set):
+    semids = [sysv_set(), sysv_set()]
+    reports = []
+    locks = _jail.SysVLocks(semids, lambda i, pid: reports.append((i, pid)))
+    try:
+        r, w = os.pipe()
+
+        def hold():
+            locks.wait(1)
+            os.write(w, b"x")
+            time.sleep(60)
+
+        pid = fork_child(hold)
+        assert os.read(r, 1) == b"x"
+        assert locks.value(1) == 0 and locks.post(1) is False     # not ours: nothing done
+        assert locks.value(1) == 0
+        os.kill(pid, signal.SIGKILL)
+        reap(pid)
+        assert locks.value(1) == 1                 # SEM_UNDO
+        assert locks.wait(1) is True               # the next taker sees the dead holder's word
+        assert reports == [(1, pid)]
+        assert locks.release_dead(1, pid) is False # already reported: not twice
+        assert locks.post(1) is True and locks.value(1) == 1
+        assert locks.semid(0) == semids[0]
+        with pytest.raises(ValueError):
+            locks.wait(2)
+    finally:
+        locks.close()
+
+
+def test_sysv_locks_release_dead_reports_when_the_master_is_first(sysv_set):
+    locks = _jail.SysVLocks([sysv_set()])
+    try:
+        r, w = os.pipe()
+        pid = fork_child(lambda: (locks.wait(0), os.write(w, b"x"), time.sleep(60)))
+        assert os.read(r, 1) == b"x"
+        os.kill(pid, signal.SIGKILL)
+        reap(pid)
+        assert locks.release_dead(0, pid) is True
+        assert locks.release_dead(0, pid) is False
+        assert locks.value(0) == 1
+    finally:
+        locks.close()
