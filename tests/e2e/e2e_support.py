@@ -1,5 +1,8 @@
 """Whole-server helpers: start `python -m jailserve` for real, talk to it, always clean up.
 
+The `serve` fixture is imported by the test modules (`from e2e_support import serve`): there
+is no conftest.py here, so that tests/conftest.py stays the only module named `conftest`.
+
 Every server runs in its own session (start_new_session), so teardown can SIGKILL exactly
 the processes the test started — the master and its workers — by process group id, even
 when an assertion failed half-way.  Unix sockets and pidfiles live in the test's tmp_path.
@@ -14,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "tests" / "apps"
@@ -147,3 +152,18 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(WAIT)
         self.sock.connect(self.path)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """serve(argv..., env=None) -> Server; every server started is killed at teardown."""
+    started: list[Server] = []
+
+    def start(*argv: str, env: dict | None = None) -> Server:
+        server = Server(list(argv), tmp_path, env)
+        started.append(server)
+        return server
+    start.tmp_path = tmp_path
+    yield start
+    for server in started:
+        server.kill()

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from e2e_support import APPS, WAIT, free_port, get, wait_for
+from e2e_support import APPS, WAIT, free_port, get, wait_for, serve  # noqa: F401 (serve: fixture)
 
 
 def test_flask_app(serve):

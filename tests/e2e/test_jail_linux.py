@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteu
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tests" / "jail"))
-from linux_helpers import pidns_members, registry_names, sh  # noqa: E402
+from linux_helpers import pidns_members, registry_names, sh, throwaway_netns  # noqa: E402
 
 APP = '''
 import json, os, socket, subprocess
@@ -49,11 +49,8 @@ while True:
 
 @pytest.fixture
 def netns():
-    ns = f"jse2e{os.getpid() % 100000}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-    yield ns
-    subprocess.run(["ip", "netns", "del", ns], check=False)
+    with throwaway_netns(f"jse2e{os.getpid() % 100000}") as ns:
+        yield ns
 
 
 @pytest.fixture

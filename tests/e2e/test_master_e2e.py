@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 
-from e2e_support import APPS, WAIT, free_port, get, process_alive, wait_for
+from e2e_support import APPS, WAIT, free_port, get, process_alive, wait_for, serve  # noqa: F401 (serve: fixture)
 
 PROBE = str(APPS / "probe.py")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import APPS, UnixHTTPConnection, free_port, get
+from e2e_support import APPS, UnixHTTPConnection, free_port, get, serve  # noqa: F401 (serve: fixture)
 
 APP = str(APPS / "whoami_min.py")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from e2e_support import APPS, ROOT, UnixHTTPConnection, free_port, get, wait_for
+from e2e_support import APPS, ROOT, UnixHTTPConnection, free_port, get, wait_for, serve  # noqa: F401 (serve: fixture)
 
 PROBE = str(APPS / "probe.py")
 
@@ -156,3 +156,12 @@ def test_wrk_briefly_sees_no_errors(serve):
                        text=True, timeout=60)
     assert r.returncode == 0 and " requests in " in r.stdout, r.stdout + r.stderr
     assert "Socket errors" not in r.stdout and "Non-2xx" not in r.stdout, r.stdout
+
+
+def test_without_master_the_process_is_the_worker(serve):
+    port = free_port()
+    server = serve("--http-socket", f"127.0.0.1:{port}", "--wsgi-file", PROBE).wait_tcp(port)
+    info = json.loads(get(port, "/whoami")[2])
+    assert info["pid"] == server.pid and info["worker_id"] == 1 and info["masterpid"] == 0
+    assert server.workers() == []
+    assert server.stop() == 0
