@@ -1768,7 +1768,7 @@ def request_stop():
 
 
 cdef bytes ERROR_BODY_FMT = (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
+                             b"Content-Length: %d\r\n%sConnection: close\r\n\r\n%s")
 
 
 @cython.no_gc_clear
@@ -2115,8 +2115,12 @@ cdef class Connection:
         return 0
 
     cdef int send_error(self, int status, str reason) except -1:
+        # RFC 9110 §6.6.1: an origin server with a clock MUST send Date in 4xx responses
+        cdef int dl
+        cdef const char *date = js_date(&dl)
         cdef bytes r = reason.encode("latin-1")
-        cdef bytes msg = ERROR_BODY_FMT % (status, r, len(r) + 1, r + b"\n")
+        cdef bytes msg = ERROR_BODY_FMT % (status, r, len(r) + 1,
+                                           PyBytes_FromStringAndSize(date, dl), r + b"\n")
         cdef iovec iov[1]
         self.keep_alive = False
         if self.resp is None:
@@ -2125,7 +2129,7 @@ cdef class Connection:
         self.resp.status = status
         self.resp.sent = True
         self.resp.headers_size = len(msg) - len(r) - 1
-        self.resp.nheaders = 3
+        self.resp.nheaders = 4
         iov[0].iov_base = PyBytes_AS_STRING(msg)
         iov[0].iov_len = PyBytes_GET_SIZE(msg)
         return self.send_iov(iov, 1)

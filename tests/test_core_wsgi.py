@@ -504,6 +504,7 @@ def test_bad_request_answered_then_closed_nothing_smuggled():
                   b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
         data = recv_all(s)
         assert data.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 400 Bad Request" in data
+        assert data.count(b"\r\nDate: ") == 2          # RFC 9110 §6.6.1, 4xx too
         s.close()
         s2 = connect(ports[0])                    # a fresh request as a fence
         s2.sendall(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
