@@ -103,6 +103,8 @@ cdef extern from *:
         return sendmsg(fd, &m, MSG_NOSIGNAL);
     }
 
+    /* Unlike sendmsg there is no MSG_NOSIGNAL here: a peer gone is EPIPE only because
+       CPython starts with SIGPIPE ignored (do not reset it to SIG_DFL in a worker). */
     static ssize_t js_sendfile(int out_fd, int in_fd, off_t offset, size_t count) {
     #if defined(__linux__)
         off_t off = offset;
@@ -160,11 +162,15 @@ cdef extern from *:
     /* Discard what the peer already sent, so close() does not turn into an RST that destroys
        the response we just wrote (RFC 9112 §9.6, "tear-down": close in stages). */
     static void js_linger(int fd) {
-        char junk[4096];
-        int i;
         shutdown(fd, SHUT_WR);
-        for (i = 0; i < 16; i++)
-            if (recv(fd, junk, sizeof(junk), MSG_DONTWAIT) <= 0) break;
+    #ifdef MSG_DONTWAIT   /* Linux, FreeBSD; elsewhere the shutdown alone */
+        {
+            char junk[4096];
+            int i;
+            for (i = 0; i < 16; i++)
+                if (recv(fd, junk, sizeof(junk), MSG_DONTWAIT) <= 0) break;
+        }
+    #endif
     }
 
     static uint64_t js_monotonic_ns(void) {
