@@ -514,6 +514,20 @@ cdef inline int eol_error(const char *b, Py_ssize_t p, int otherwise) noexcept n
     return otherwise
 
 
+cdef bint has_token(const char *v, Py_ssize_t n, const char *tok, Py_ssize_t tn) noexcept nogil:
+    # Is `tok` (lower-case) one of the elements of the list `v` (RFC 9110 §5.6.1 #rule)?
+    cdef Py_ssize_t p = 0, q
+    while p < n:
+        while p < n and (is_ows(v[p]) or v[p] == b','):
+            p += 1
+        q = p
+        while p < n and v[p] != b',' and not is_ows(v[p]):
+            p += 1
+        if p - q == tn and ieq(v + q, tok, tn):
+            return True
+    return False
+
+
 cdef bint valid_host(const char *h, Py_ssize_t n) noexcept nogil:
     # RFC 9110 §7.2 Host = uri-host [ ":" port ]; RFC 3986 §3.2.2 host = IP-literal /
     # IPv4address / reg-name (reg-name may be empty).
@@ -882,18 +896,11 @@ cdef class RequestParser:
 
     cdef void connection_tokens(self, Header *h, bint *close, bint *keep) noexcept:
         # RFC 9110 §7.6.1 Connection = #connection-option (case-insensitive tokens)
-        cdef char *b = self.buf
-        cdef Py_ssize_t p = h.value_off, e = h.value_off + h.value_len, q
-        while p < e:
-            while p < e and (is_ows(b[p]) or b[p] == b','):
-                p += 1
-            q = p
-            while p < e and b[p] != b',' and not is_ows(b[p]):
-                p += 1
-            if p - q == 5 and ieq(b + q, b"close", 5):
-                close[0] = True
-            elif p - q == 10 and ieq(b + q, b"keep-alive", 10):
-                keep[0] = True
+        cdef const char *v = self.buf + h.value_off
+        if has_token(v, h.value_len, b"close", 5):
+            close[0] = True
+        if has_token(v, h.value_len, b"keep-alive", 10):
+            keep[0] = True
 
     cdef int transfer_codings(self) except -1:
         # RFC 9112 §6.1: Transfer-Encoding = #transfer-coding, over every TE line in order.
@@ -1544,6 +1551,8 @@ cdef class Response:
                 raise ValueError("invalid character in WSGI header %s: %r"
                                  % (latin1(p, n), latin1(v, vn)))
         if n == 14 and ieq(p, b"content-length", 14):
+            if self.has_cl:   # two lengths in one response: RFC 9112 §6.3 (5) from our side
+                raise ValueError("the app sent Content-Length twice")
             self.cl = parse_decimal(v, vn)
             if self.cl < 0:
                 raise ValueError("invalid Content-Length from the app: %r" % latin1(v, vn))
@@ -1552,7 +1561,7 @@ cdef class Response:
             self.has_date = True
         elif n == 10 and ieq(p, b"connection", 10):
             # hop-by-hop (PEP 3333 forbids it to apps): honour "close", send our own
-            if memchr(v, b'c', vn) != NULL or memchr(v, b'C', vn) != NULL:
+            if has_token(v, vn, b"close", 5):
                 self.app_close = True
             return 0
         elif ((n == 17 and ieq(p, b"transfer-encoding", 17))

@@ -352,6 +352,26 @@ def test_no_body_statuses(status):
         s.close()
 
 
+def test_app_connection_close_honoured_and_duplicate_length_refused():
+    def app(env, start_response):
+        if env["PATH_INFO"] == "/dup":
+            start_response("200 OK", [("Content-Length", "1"), ("Content-Length", "2")])
+            return [b"xx"]
+        start_response("200 OK", [("Connection", "Close"), ("X-Custom-Token", "c")])
+        return [b"bye"]
+
+    with serving(app, errors=open(os.devnull, "w")) as (ports, _):
+        s = connect(ports[0])
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = recv_all(s)                        # one response, then the app's close
+        assert data.count(b"HTTP/1.1 200") == 1 and data.count(b"Connection: close") == 1
+        s.close()
+        s = connect(ports[0])
+        s.sendall(b"GET /dup HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert recv_all(s).startswith(b"HTTP/1.1 500 ")
+        s.close()
+
+
 def test_write_callable():
     def app(env, start_response):
         write = start_response("200 OK", [("Content-Length", "11")])
@@ -408,7 +428,8 @@ def test_file_wrapper_non_file_iterates():
 # -- errors -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("header", [("X-Evil", "a\r\nSet-Cookie: pwned=1"),
                                     ("X-Evil", "a\nb"), ("X-Evil", "a\x00b"),
-                                    ("X-Evil\r\nSet-Cookie", "pwned=1"), ("", "x")])
+                                    ("X-Evil\r\nSet-Cookie", "pwned=1"), ("", "x"),
+                                    ("Content-Length", "4\r\n\r\npwned")])
 def test_app_header_injection_is_500(header):
     def app(env, start_response):
         start_response("200 OK", [header])
