@@ -7,6 +7,7 @@ namespace (`ip netns add`) that stands in for the host.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -152,6 +153,18 @@ def start(spec, body, netns: str | None = None, attach: bool = False) -> Jail:
 
 # ---------------------------------------------------------------------------------------
 # the outside view
+
+
+@contextlib.contextmanager
+def throwaway_netns(ns: str):
+    """A named network namespace standing in for the host (lo up), deleted afterwards."""
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
 
 
 def sh(cmd: str, netns: str | None = None) -> str:

@@ -22,7 +22,7 @@ from jailserve import _jail  # noqa: E402
 from jailserve.jail import linux  # noqa: E402
 
 from linux_helpers import (attach_spec, children_of, host_mounts_under, make_spec, ns_inodes,  # noqa: E402
-                            pidns_members, registry_names, sh, start, wait_until)
+                            pidns_members, registry_names, sh, start, throwaway_netns, wait_until)
 
 _names = itertools.count()
 
@@ -43,11 +43,8 @@ def root(tmp_path):
 
 @pytest.fixture
 def netns(name):
-    ns = f"{name}-net"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-    yield ns
-    subprocess.run(["ip", "netns", "del", ns], check=False)
+    with throwaway_netns(f"{name}-net") as ns:
+        yield ns
 
 
 @pytest.fixture
