@@ -2307,8 +2307,8 @@ cdef class Server:
         cdef char addr[64]
         cdef int port = 0, idx = 0, fd
         cdef ServeConfig cfg = self.cfg
-        self.setup()
         try:
+            self.setup()            # inside: a failure half-way still restores the fd flags
             while not _stop and (cfg.max_requests == 0 or self.served < cfg.max_requests):
                 fd = self.accept_one(&idx, addr, &port)
                 if fd < 0:

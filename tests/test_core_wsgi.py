@@ -804,8 +804,17 @@ def test_serve_config_validation():
         _core.ServeConfig(log=5)
     cfg = _core.ServeConfig(server_name="x", max_requests=2)
     assert (cfg.server_name, cfg.max_requests, cfg.buffer_size) == ("x", 2, 4096)
+    good = socket.socket()
+    good.bind(("127.0.0.1", 0))
+    good.listen(1)
     with pytest.raises(ValueError):
-        _core.serve([(socket.socket(), "spdy")], hello, cfg)
+        _core.serve([(good, "http"), (socket.socket(), "spdy")], hello, cfg)
+    # a read-only slot fails after the listeners were set up: their flags are restored
+    with pytest.raises((BufferError, TypeError)):
+        _core.serve([(good, "http")], hello, _core.ServeConfig(status_slot=b"x" * 16))
+    import fcntl
+    assert not fcntl.fcntl(good.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+    good.close()
 
 
 def test_exception_from_signal_handler_propagates_out_of_serve():
