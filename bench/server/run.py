@@ -133,6 +133,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICK
 
 
+def pss_kib(pids: list[int]) -> list[int]:
+    """Proportional set size of each process (smaps_rollup): shared pages count by share."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                out += [int(line.split()[1]) for line in f if line.startswith("Pss:")]
+        except OSError:
+            continue
+    return out
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -204,6 +216,14 @@ def parse_wrk(out: str) -> dict:
         errors += int(m.group(1))
     return dict(requests=requests, rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
                 p99_ms=_duration_ms(p99.group(1)) if p99 else None, errors=errors)
+
+
+def idle_memory(server: Server, procs) -> dict:
+    """PSS after a few requests (the app imported and touched), before the loads."""
+    wrk(server.port, LOADS["keep-alive GET hello"], 1, 4)
+    time.sleep(0.5)
+    pss = pss_kib([p for proc in procs for p in tree(proc.pid)])
+    return {"processes": len(pss), "total_kib": sum(pss), "each_kib": pss}
 
 
 def measure(server: Server, procs, load: dict, duration: float, connections: int) -> dict:
@@ -283,6 +303,7 @@ def main(argv=None) -> int:
     chosen = [s for s in servers(tmp)
               if not args.only or any(s.name.startswith(o.strip()) for o in args.only.split(","))]
     results: dict = {load: {} for load in LOADS}
+    memory: dict = {}
     for server in chosen:
         print(f"== {server.name}", flush=True)
         try:
@@ -293,6 +314,7 @@ def main(argv=None) -> int:
             print(f"   failed to start: {exc} (logs in {tmp})", flush=True)
             continue
         try:
+            memory[server.name] = idle_memory(server, procs)
             for name, load in LOADS.items():
                 try:
                     r = measure(server, procs, load, args.duration, args.connections)
@@ -305,13 +327,19 @@ def main(argv=None) -> int:
     info = versions()
     info.update(duration_s=args.duration, connections=args.connections, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     with open(os.path.join(HERE, "results.json"), "w") as f:
-        json.dump({"info": info, "results": results}, f, indent=1)
+        json.dump({"info": info, "results": results, "memory": memory}, f, indent=1)
     md = [f"Run {info['date']}: {info['cpu']}, Linux {info['kernel']}, Python {info['python']}, "
           f"{info['uWSGI']and 'uWSGI ' + info['uWSGI']}, gunicorn {info['gunicorn']}, bjoern {info['bjoern']}, "
           f"{info['nginx']}, {info['wrk']}; server on CPU {SERVER_CPU}, wrk -t1 -c{args.connections} "
           f"-d{args.duration:g}s on CPU {CLIENT_CPU}; one worker per server.", ""]
     for load in LOADS:
         md += table(results, load)
+    md += ["**Memory** (PSS after a few requests, every process of the server; a jailserve or uWSGI "
+           "server is a master and one worker, + nginx where it fronts the app)", "",
+           "| server | processes | PSS total MiB | PSS of each process MiB |", "|---|---:|---:|---|"]
+    md += [f"| {name} | {m['processes']} | {m['total_kib'] / 1024:.1f} | "
+           f"{' + '.join(f'{k / 1024:.1f}' for k in m['each_kib'])} |" for name, m in memory.items()]
+    md.append("")
     text = "\n".join(md)
     print(text)
     if not args.no_readme and not args.only:
