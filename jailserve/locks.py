@@ -32,7 +32,9 @@ from .errors import ConfigError
 from .options import LOCK_ENGINES
 
 DEFAULT_ENGINE = "posixsem"
-RUN_DIR = "/run/jailserve"            # registry: RUN_DIR/locks/<instance>.json
+# The registry of SysV sets: REGISTRY_DIR/<instance>.json.  Not under /run/jailserve, whose
+# entries are the Linux jail registry's (each a jail name; it removes what it cannot read).
+REGISTRY_DIR = "/run/jailserve-locks"
 SYSV_MODE = 0o600                     # uWSGI uses 0666; the sets are chowned to uid instead
 FTOK_MAX = 255                        # ftok uses the low 8 bits of its project id
 
@@ -248,11 +250,14 @@ def pid_alive(pid: int) -> bool:
 
 
 def registry_dir(run_dir: str | None = None) -> str | None:
-    """RUN_DIR/locks when we can write there (root), else a per-user directory under the
-    temporary directory; None when neither can be made (then only cleanup() protects us)."""
-    candidates = [run_dir] if run_dir else [RUN_DIR, os.path.join(tempfile.gettempdir(), f"jailserve-{os.geteuid()}")]
-    for base in candidates:
-        path = os.path.join(base, "locks")
+    """REGISTRY_DIR when we can write there (root), else a per-user directory under the
+    temporary directory (`run_dir`/locks when given); None when none can be made (then
+    only cleanup() protects us)."""
+    if run_dir:
+        candidates = [os.path.join(run_dir, "locks")]
+    else:
+        candidates = [REGISTRY_DIR, os.path.join(tempfile.gettempdir(), f"jailserve-locks-{os.geteuid()}")]
+    for path in candidates:
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
         except OSError:
