@@ -497,3 +497,24 @@ def test_accept_lock_gives_up_when_a_signal_handler_asks_to_stop(engine, lockset
     os.kill(pid, signal.SIGUSR1)
     assert reap(pid) == 0
     locks.accept_unlock()
+
+
+def test_persistent_private_sets_are_kept_at_exit_and_removed_by_the_next_start(tmp_path):
+    # persistent-ipcsem keeps the sets (uWSGI); without ftok keys nobody could find them
+    # again, so the next start's sweep removes them instead of leaking them
+    run_dir = str(tmp_path / "run")
+    args = ("--lock-engine", "ipcsem", "--persistent-ipcsem")
+    first = locks.setup(config(*args), run_dir=run_dir)
+    old = list(first.engine.semids)
+    locks.cleanup()
+    second = None
+    try:
+        assert all(set_exists(semid) for semid in old)
+        second = locks.setup(config(*args), run_dir=run_dir)
+        assert not any(set_exists(semid) for semid in old)
+    finally:
+        new = list(second.engine.semids) if second and second.engine else []
+        locks.cleanup()
+        for semid in old + new:
+            if set_exists(semid):
+                _jail.semctl(semid, 0, _jail.IPC_RMID)
