@@ -51,7 +51,7 @@ cdef class RequestParser:
 
     cdef void reset(self)
     cdef int fail(self, int code) except -1
-    cdef Py_ssize_t make_room(self)
+    cdef Py_ssize_t make_room(self) except -1
     cdef void new_message(self)
     cdef int try_head(self) except -1
     cdef int head_need(self) except -1

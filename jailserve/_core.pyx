@@ -173,6 +173,10 @@ cdef extern from *:
     #endif
     }
 
+    #ifndef JS_DEBUG
+    #define JS_DEBUG 0   /* setup.py defines it; 1 under JAILSERVE_DEBUG=1 */
+    #endif
+
     static uint64_t js_monotonic_ns(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -222,6 +226,7 @@ cdef extern from *:
     const char *js_date(int *length) nogil
     Py_ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
     int ECONNABORTED, EPROTO, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT, ECONNRESET, EWOULDBLOCK
+    int JS_DEBUG
 
 DEF MAX_LISTENERS = 64
 DEF IOV_INLINE = 32
@@ -621,10 +626,14 @@ cdef class RequestParser:
         self.error = make_error(code)
         raise self.error
 
-    cdef Py_ssize_t make_room(self):
+    cdef Py_ssize_t make_room(self) except -1:
         # No span may point into buf across this call: heads are turned into Python objects
         # (environ) before any more bytes are read.
         cdef Py_ssize_t lim = self.cap if self.proto == PROTO_UWSGI else self.limit
+        if JS_DEBUG and not (0 <= self.start <= self.end <= self.cap
+                             and self.scanned <= self.end and self.remaining >= 0):
+            raise AssertionError("RequestParser buffer invariant broken: %d %d %d %d"
+                                 % (self.start, self.end, self.scanned, self.cap))
         if self.start == self.end:
             self.start = self.end = self.scanned = 0
         elif self.start > 0 and (self.state == ST_HEAD or self.end == self.cap):
