@@ -34,7 +34,7 @@ from .options import LOCK_ENGINES
 DEFAULT_ENGINE = "posixsem"
 # The registry of SysV sets: REGISTRY_DIR/<instance>.json.  Not under /run/jailserve, whose
 # entries are the Linux jail registry's (each a jail name; it removes what it cannot read).
-REGISTRY_DIR = "/run/jailserve-locks"
+REGISTRY_DIR = "/var/run/jailserve-locks"   # /var/run: FreeBSD has no /run; Linux links it to /run
 SYSV_MODE = 0o600                     # uWSGI uses 0666; the sets are chowned to uid instead
 FTOK_MAX = 255                        # ftok uses the low 8 bits of its project id
 
