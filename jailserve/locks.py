@@ -22,10 +22,9 @@ import atexit
 import errno
 import hashlib
 import json
-import mmap
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from . import _jail, log, privileges
 from .errors import ConfigError
@@ -513,5 +512,18 @@ def thunder_lock_enabled() -> bool:
     return _thunder is not None
 
 
-__all__ = ["setup", "lock", "unlock", "is_locked", "accept_lock", "accept_unlock", "release_dead",
-           "cleanup", "current", "thunder_lock_enabled", "LockSet", "LockPlan", "LockError"]
+__all__ = [
+    "LockError",
+    "LockPlan",
+    "LockSet",
+    "accept_lock",
+    "accept_unlock",
+    "cleanup",
+    "current",
+    "is_locked",
+    "lock",
+    "release_dead",
+    "setup",
+    "thunder_lock_enabled",
+    "unlock",
+]

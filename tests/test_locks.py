@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from test_locks_support import fork_child, kernel_wait, reap
 
 from jailserve import _jail, locks
 from jailserve.config.loader import load_config
@@ -40,35 +41,6 @@ def lockset(tmp_path):
     for ls in made:
         ls.cleanup()
     locks.cleanup()
-
-
-def fork_child(fn) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            code = fn() or 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid: int, limit: float = 60.0) -> int:
-    """Exit status; a child still running after `limit` hung and is killed (a guard, not a
-    timing assertion)."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} hung")
 
 
 class alarm_guard:
@@ -336,18 +308,6 @@ def test_thunder_lock_is_separate_from_user_locks(engine, lockset):
         locks.lock(1)                          # the thunder lock is not user lock 1
     locks.accept_unlock()
     assert not ls.engine.is_locked(ls.thunder_index)
-
-
-def kernel_wait(pid: int, limit: float = 20.0) -> str:
-    """What a child sleeps on (/proc/PID/wchan), once it sleeps."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        with open(f"/proc/{pid}/wchan") as f:
-            chan = f.read()
-        if chan not in ("", "0"):
-            return chan
-        time.sleep(0.01)
-    pytest.fail(f"child {pid} never slept")
 
 
 @pytest.mark.skipif(not LINUX, reason="watches /proc/PID/wchan")

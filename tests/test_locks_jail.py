@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from test_locks_support import fork_child, reap, wait_blocked
 
 from jailserve import _jail
 
@@ -43,48 +45,7 @@ def sysv_set():
             pass
 
 
-def fork_child(fn) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            code = fn() or 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid: int, limit: float = 20.0) -> int:
-    """Exit status of a child; a child that outlives `limit` (a hang, not a slow run) is killed."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} hung")
-
-
 needs_proc = pytest.mark.skipif(not LINUX, reason="watches /proc/PID/wchan")
-
-
-def wait_blocked(pid: int, tid: int | None = None, limit: float = 20.0) -> None:
-    """Until the process (or thread) sleeps in the kernel on a semaphore or futex."""
-    path = f"/proc/{pid}/task/{tid}/wchan" if tid else f"/proc/{pid}/wchan"
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        with open(path) as f:
-            chan = f.read()
-        if "futex" in chan or "sem" in chan:
-            return
-        time.sleep(0.01)
-    pytest.fail(f"{path} never showed a semaphore wait (last: {chan!r})")
 
 
 # --- constants from the headers --------------------------------------------------------
@@ -380,7 +341,7 @@ def test_shared_semaphore_wait_releases_the_gil_and_handles_signals():
         end = time.monotonic() + 20
         while time.monotonic() < end:
             waiting = [t for t in os.listdir(f"/proc/{pid}/task")
-                       if "futex" in open(f"/proc/{pid}/task/{t}/wchan").read()]
+                       if "futex" in Path(f"/proc/{pid}/task/{t}/wchan").read_text()]
             if len(waiting) == 2:
                 break
             time.sleep(0.01)

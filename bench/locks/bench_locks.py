@@ -19,8 +19,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from jailserve import _jail, locks  # noqa: E402
-from jailserve.config.loader import load_config  # noqa: E402
+from jailserve import _jail, locks
+from jailserve.config.loader import load_config
 
 
 def rate(fn, n: int) -> float:

@@ -119,7 +119,8 @@ def main() -> None:
             with open(log_path, "w") as log:
                 result = serve_and_measure(cmd, port, args.n, args.repeat, log)
             if result is None:
-                tail = open(log_path).read().strip().splitlines()[-3:]
+                with open(log_path) as f:
+                    tail = f.read().strip().splitlines()[-3:]
                 print(f"  {name:55s} did not serve: {' | '.join(tail)}")
             else:
                 print(f"  {name:55s} {result:12,.0f} round trips/s")
