@@ -478,3 +478,24 @@ def test_persistent_private_sets_are_kept_at_exit_and_removed_by_the_next_start(
         for semid in old + new:
             if set_exists(semid):
                 _jail.semctl(semid, 0, _jail.IPC_RMID)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_thunder_lock_of_a_killed_worker_is_released_and_named(engine, lockset, capfd):
+    lockset("--lock-engine", engine, "--thunder-lock")
+    r, w = os.pipe()
+
+    def hold():
+        locks.accept_lock()
+        os.write(w, b"x")
+        time.sleep(60)
+
+    pid = fork_child(hold)
+    assert os.read(r, 1) == b"x"
+    os.kill(pid, signal.SIGKILL)
+    reap(pid)
+    assert locks.release_dead(pid) == [1]            # numbered after the user lock 0
+    assert f"thunder lock was held by dead process {pid}" in capfd.readouterr().err
+    with alarm_guard():
+        assert locks.accept_lock() is True
+    locks.accept_unlock()
