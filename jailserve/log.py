@@ -45,8 +45,25 @@ def setup_logto(path: str | None) -> None:
 class Request:
     """One finished request, as the serve loop reports it (see RequestLog.__call__)."""
 
-    __slots__ = ("method", "uri", "proto", "status", "size", "micros", "addr", "headers",
-                 "header_bytes", "vars", "vars_bytes", "wall", "pid", "wid", "req", "total", "environ")
+    __slots__ = (
+        "addr",
+        "environ",
+        "header_bytes",
+        "headers",
+        "method",
+        "micros",
+        "pid",
+        "proto",
+        "req",
+        "size",
+        "status",
+        "total",
+        "uri",
+        "vars",
+        "vars_bytes",
+        "wall",
+        "wid",
+    )
 
     def __init__(self, method, uri, proto, status, size, micros, addr, headers, header_bytes,
                  nvars, vars_bytes, wall, pid=0, wid=0, req=0, total=0, environ=None):

@@ -27,8 +27,8 @@ import signal
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import _jail
 from .log import emit
@@ -80,7 +80,7 @@ class MasterConfig:
     reload_action: Callable[[], None] | None = None         # issue 7: re-exec; None: respawn
 
     @classmethod
-    def from_config(cls, config, **kw) -> "MasterConfig":
+    def from_config(cls, config, **kw) -> MasterConfig:
         return cls(processes=config.get("processes"), harakiri=config.get("harakiri"),
                    die_on_term=config.get("die-on-term"), reload_mercy=config.get("reload-mercy"),
                    worker_reload_mercy=config.get("worker-reload-mercy"),

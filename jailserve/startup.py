@@ -37,7 +37,7 @@ from .master import Master, MasterConfig, StatusSlots
 from .privileges import DropError
 from .worker import Worker, run_forked
 
-__all__ = ["run", "StartupError"]
+__all__ = ["StartupError", "run"]
 
 
 class StartupError(Exception):

@@ -10,6 +10,7 @@ import time
 
 from jailserve import log
 
+
 def request(micros=2500):
     return log.Request("GET", "/a?b=1", "HTTP/1.1", 200, 13, micros, "127.0.0.1", 2, 64, 6, 118,
                        time.time(), pid=4242, wid=1, req=3, total=7,

@@ -205,7 +205,7 @@ def _duration_ms(text: str) -> float:
 
 def parse_wrk(out: str) -> dict:
     requests = int(re.search(r"(\d+) requests in", out).group(1))
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
     errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-import uwsgi   # provided by jailserve at run time: the test fails if it is not
+import uwsgi  # provided by jailserve at run time: the test fails if it is not
 
 LOADED_IN = os.getpid()
 

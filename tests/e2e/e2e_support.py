@@ -81,7 +81,7 @@ class Server:
     def log(self) -> str:
         return self.logfile.read_text(errors="replace")
 
-    def wait_tcp(self, port: int, host: str = "127.0.0.1") -> "Server":
+    def wait_tcp(self, port: int, host: str = "127.0.0.1") -> Server:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         def accepting():
@@ -97,7 +97,7 @@ class Server:
         wait_for(accepting, f"the server to accept on {host}:{port}")
         return self
 
-    def wait_unix(self, path: Path) -> "Server":
+    def wait_unix(self, path: Path) -> Server:
         def accepting():
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")

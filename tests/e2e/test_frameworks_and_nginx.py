@@ -4,9 +4,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import e2e_support
 import pytest
+from e2e_support import APPS, WAIT, free_port, get, wait_for
 
-from e2e_support import APPS, WAIT, free_port, get, wait_for, serve  # noqa: F401 (serve: fixture)
+serve = e2e_support.serve          # the fixture, shared by the e2e modules
 
 
 def test_flask_app(serve):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from e2e_support import APPS, ROOT, WAIT
 
 pytestmark = pytest.mark.skipif(

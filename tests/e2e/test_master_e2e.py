@@ -7,7 +7,10 @@ import os
 import signal
 import threading
 
-from e2e_support import APPS, WAIT, free_port, get, process_alive, wait_for, serve  # noqa: F401 (serve: fixture)
+import e2e_support
+from e2e_support import APPS, WAIT, free_port, get, process_alive, wait_for
+
+serve = e2e_support.serve          # the fixture, shared by the e2e modules
 
 PROBE = str(APPS / "probe.py")
 

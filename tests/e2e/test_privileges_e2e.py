@@ -9,9 +9,11 @@ import socket
 import tempfile
 from pathlib import Path
 
+import e2e_support
 import pytest
+from e2e_support import APPS, UnixHTTPConnection, get
 
-from e2e_support import APPS, UnixHTTPConnection, free_port, get, serve  # noqa: F401 (serve: fixture)
+serve = e2e_support.serve          # the fixture, shared by the e2e modules
 
 APP = str(APPS / "whoami_min.py")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")

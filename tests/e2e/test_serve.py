@@ -8,9 +8,11 @@ import socket
 import stat
 import subprocess
 
+import e2e_support
 import pytest
+from e2e_support import APPS, ROOT, UnixHTTPConnection, free_port, get, wait_for
 
-from e2e_support import APPS, ROOT, UnixHTTPConnection, free_port, get, wait_for, serve  # noqa: F401 (serve: fixture)
+serve = e2e_support.serve          # the fixture, shared by the e2e modules
 
 PROBE = str(APPS / "probe.py")
 
@@ -110,7 +112,7 @@ def test_request_log_default_format_logto_and_disable(serve, tmp_path):
     server = serve("--http-socket", f"127.0.0.1:{port}", "--wsgi-file", PROBE).wait_tcp(port)
     get(port, "/big?5")
     line = server.wait_log("GET /big?5 =>")
-    assert f"127.0.0.1 () {{" in line and "generated 5 bytes in" in line and "(HTTP/1.1 200)" in line
+    assert "127.0.0.1 () {" in line and "generated 5 bytes in" in line and "(HTTP/1.1 200)" in line
 
     port = free_port()
     logto = tmp_path / "requests.log"

@@ -17,6 +17,6 @@ def hello(request):
 
 urlpatterns = [path("", hello)]
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application
 
 application = get_wsgi_application()
