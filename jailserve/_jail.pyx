@@ -579,6 +579,15 @@ cdef extern from *:
         return status;
     }
 
+    #ifndef SYS_close_range
+    #define SYS_close_range 436
+    #endif
+    static void js_ns_close_from(int first) {
+        if (syscall(SYS_close_range, first, ~0U, 0) == 0) return;
+        long max = sysconf(_SC_OPEN_MAX);          /* kernels before 5.9 */
+        for (long fd = first; fd < (max > 0 && max < 65536 ? max : 65536); fd++) close((int)fd);
+    }
+
     static void js_ns_fail(int fd, const char *what) {
         char msg[320];
         int e = errno;
@@ -596,13 +605,16 @@ cdef extern from *:
         if (mode != 2 && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) js_ns_fail(up_w, "pdeathsig");
         if (unshare(flags) < 0) js_ns_fail(up_w, "unshare");
         if (sethostname(hostname, strlen(hostname)) < 0) js_ns_fail(up_w, "sethostname");
+        /* pivot_root (made by the master) moves the root and cwd of every process whose root
+           or cwd is the old root: without this, init's cwd would stay a way into the host's
+           tree, open to the jail's root through /proc/1/cwd */
+        if (chdir("/") < 0) js_ns_fail(up_w, "chdir /");
         if (write(up_w, "u", 1) != 1) _exit(1);
         if (read(down_r, &c, 1) != 1 || c != 'g') _exit(1);   /* EOF: the keeper died first */
         pid_t master = fork();
         if (master < 0) js_ns_fail(up_w, "fork");
         if (master == 0) return;
-        close(up_w);
-        close(down_r);
+        js_ns_close_from(3);      /* the caller's descriptors: /proc/1/fd must lead nowhere */
         int st = 1;
         if (js_ns_limit_caps(init_caps) == 0 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0) {
             st = js_ns_supervise(master, mode);

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteu
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tests" / "jail"))
-from linux_helpers import pidns_members, registry_names, sh, throwaway_netns  # noqa: E402
+from linux_helpers import pidns_members, registry_names, sh, throwaway_netns, wait_until  # noqa: E402
 
 APP = '''
 import json, os, socket, subprocess
@@ -64,7 +64,7 @@ def servers():
 
 
 def start(netns, ini: Path, log: Path, servers) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}     # the log is read while it runs
     proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "jailserve", str(ini)],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     servers.append(proc)
@@ -109,6 +109,7 @@ uid = nobody
 gid = nogroup
 """)
     first = start(netns, tmp_path / "jail.ini", tmp_path / "first.log", servers)
+    wait_until(lambda: "spawned jailserve worker 2" in (tmp_path / "first.log").read_text(), "both workers")
     facts = ask(netns, "http://198.18.60.2:8080/")
     assert facts["hostname"] == "webjail"
     assert "ROOT_MARKER" in facts["root"] and not facts["host_marker"]
@@ -120,6 +121,7 @@ gid = nogroup
     assert "198.18.60.2 dev" in sh("ip route", netns)
 
     second = start(netns, tmp_path / "attach.ini", tmp_path / "second.log", servers)
+    wait_until(lambda: "spawned jailserve worker 1" in (tmp_path / "second.log").read_text(), "its worker")
     other = ask(netns, "http://198.18.60.2:8081/")
     assert other["hostname"] == "webjail" and other["pidns"] == facts["pidns"]
     jls = subprocess.run([sys.executable, "-m", "jailserve", "--jls"], capture_output=True, text=True,

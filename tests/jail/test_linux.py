@@ -143,6 +143,34 @@ def test_jail_namespaces_root_hostname_pids(jails, root, name, tmp_path):
     assert_nothing_left({**facts, "name": name}, root=root, jidfile=str(jidfile))
 
 
+def test_no_way_back_to_the_host_through_the_init(jails, root, name, tmp_path):
+    """The jail's root may read /proc/1/{cwd,root,fd/*} (the init has fewer capabilities):
+    none of them may lead out of the jail, even when the caller held a directory open."""
+    def body(inside):
+        here = os.stat("/")
+        out = {"cwd": os.stat("/proc/1/cwd")[:2] == here[:2], "root": os.stat("/proc/1/root")[:2] == here[:2],
+               "own_cwd": os.stat(".")[:2] == here[:2], "dirs": []}
+        for pid in ("1", "self"):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.path.isdir(f"/proc/{pid}/fd/{fd}"):
+                        out["dirs"].append(f"{pid}:{fd}")
+                except OSError:
+                    pass
+        return serve_facts(inside, lambda: out)
+
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)     # inherited by keeper, init, master
+    try:
+        jail = run(jails, make_spec(root, "esc", name), body)
+    finally:
+        os.close(held)
+    facts = jail.recv()
+    assert facts["cwd"] and facts["root"] and facts["own_cwd"]
+    assert facts["dirs"] == []
+    jail.send({"do": "exit"})
+    assert jail.wait() == 0
+
+
 def test_sysv_semaphore_made_inside_is_not_on_the_host(jails, root, name):
     key = 0x4A530000 + os.getpid() % 0xFFFF
 
