@@ -218,7 +218,7 @@ def _within(path: str, top: str) -> bool:
 
 def _outermost(paths) -> list[str]:
     """Drop paths inside another one of the list (one recursive bind covers them)."""
-    unique = sorted(set(os.path.normpath(p) for p in paths), key=len)
+    unique = sorted(set(os.path.normpath(p) for p in paths), key=lambda p: (len(p), p))   # parents first, stable
     out: list[str] = []
     for p in unique:
         if not any(_within(p, q) for q in out):
@@ -233,27 +233,30 @@ def _outermost(paths) -> list[str]:
 def describe(spec) -> list[str]:
     if spec.attach is not None and not spec.creates:
         return [f"find jail {spec.attach!r} in {REGISTRY_DIR} (jid = host pid of its init)",
-                "pidfd_open(jid); setns(pidfd, mnt|uts|ipc|net|pid); chdir /",
-                "limit capabilities as recorded for that jail; no_new_privs",
-                "fork: the child continues inside; this process waits and relays signals"]
+                "pidfd_open(jid); setns(pidfd, pid); fork; the child: setns(pidfd, mnt|uts|ipc|net); chdir /",
+                "the child: limit capabilities as recorded for that jail; no_new_privs; continues inside",
+                "this process stays outside, relays signals, waits and exits with the child's status"]
     lay = layout(spec)
     names = [n for n, bit in NS.items() if bit & lay.unshare_flags]
     lines = ["unshare(CLONE_NEWPID); fork: the child is the jail's PID 1, this process the keeper",
-             f"init: unshare({'|'.join(names)}); sethostname({lay.hostname!r})"]
+             f"init: unshare({'|'.join(names)}); sethostname({lay.hostname!r}); chdir /"]
+    lines.append(f"keeper: register {REGISTRY_DIR}/{_quote(lay.name) if lay.name else 'JID'}/jail.json"
+                 + (f"; jidfile {lay.jidfile} (host pid of the init)" if lay.jidfile else ""))
     if lay.veth:
         addrs = ", ".join(f"{a}/{a.max_prefixlen}" for a in lay.ip4 + lay.ip6)
-        lines.append(f"veth {lay.host_ifname(0).replace('js-0', 'js-JID')} (host: {GATEWAY4}/32, {GATEWAY6}/64, "
-                     f"a /32 or /128 route to each address) <-> {JAIL_IFNAME} in the jail: {addrs}, default via the host end")
+        lines.append(f"keeper: veth {lay.host_ifname(0).replace('js-0', 'js-JID')} (host: {GATEWAY4}/32, "
+                     f"{GATEWAY6}/64, rp_filter) <-> {JAIL_IFNAME} in the jail: {addrs}, default via the host end")
     elif lay.new_net:
         lines.append("network: a new namespace with loopback only")
     else:
         lines.append("network: the host's (ip4/ip6 = inherit)")
-    lines += _describe_root(lay)
-    lines.append(f"capabilities kept: {', '.join(lay.caps)}; no_new_privs")
-    lines.append(f"register {REGISTRY_DIR}/{_quote(lay.name) if lay.name else 'JID'}/jail.json"
-                 + (f"; jidfile {lay.jidfile} (host pid of the init)" if lay.jidfile else ""))
-    lines.append("init forks the master (pid 2), which continues the start-up inside"
-                 + ("; persist: init stays when no process is left" if lay.persist else ""))
+    lines.append("init: fork the master (pid 2); close every inherited descriptor; keep CAP_KILL only; "
+                 + ("persist: stays when no process is left" if lay.persist else "reap, relay signals, exit with the last process"))
+    lines += [f"master: {line}" for line in _describe_root(lay)]
+    lines.append(f"master: capabilities kept: {', '.join(lay.caps)}; no_new_privs")
+    if lay.veth:
+        lines.append("keeper: a /32 or /128 route to each jail address, once the jail is up")
+    lines.append("the master continues the start-up inside")
     return lines
 
 
