@@ -703,6 +703,15 @@ cdef class RequestParser:
         # The head must fit in buffer-size (uWSGI: "invalid HTTP request size"); RFC 6585 §5
         # gives 431 for the header section, RFC 9110 §15.5.15 414 for a request-target.
         cdef Py_ssize_t n = self.end - self.start
+        cdef Py_ssize_t p = self.start, stop = self.start + (n if n < 32 else 32)
+        cdef char *b = self.buf
+        # Early: the method is the first thing the full parse checks, so a byte that cannot
+        # be in it (a TLS ClientHello on the HTTP port, garbage) fails now with the very
+        # error the full parse would give, instead of waiting for a line end.
+        while p < stop and TCHAR[<unsigned char>b[p]]:
+            p += 1
+        if p < stop and b[p] != b'\r' and b[p] != b'\n' and (b[p] != b' ' or p == self.start):
+            return self.fail(eol_error(b, p, E_REQUEST_LINE if b[p] == b' ' else E_METHOD))
         if n < self.limit:
             return R_NEED
         if memchr(self.buf + self.start, b'\n', n) == NULL:

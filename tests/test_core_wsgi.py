@@ -535,6 +535,15 @@ def test_bad_request_answered_then_closed_nothing_smuggled():
     seen.close()
 
 
+def test_tls_hello_on_http_port_is_400_at_once():
+    # no line end ever comes; the method's first byte already cannot be HTTP
+    with serving(hello, socket_timeout=30) as (ports, _):
+        s = connect(ports[0], timeout=20)
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        assert s.recv(100).startswith(b"HTTP/1.1 400 Bad Request")
+        s.close()
+
+
 def test_head_too_large_is_431():
     with serving(hello, buffer_size=512) as (ports, _):
         s = connect(ports[0])
