@@ -70,7 +70,8 @@ def _run(plan, config, drop) -> int:
         cleanup.write_pidfile("pidfile")
         shared = sockets.bind_shared(plan.sockets, log.emit)
         hooks.run_phase(plan.hooks, "pre-jail", log.emit)
-        _enter_jail(plan)
+        if _enter_jail(plan):
+            cleanup.entered_jail()
     hooks.run_phase(plan.hooks, "in-jail", log.emit)
     if (first and plan.jail is not None) or config.get("jailed"):
         hooks.run_phase(plan.hooks, "post-jail", log.emit)
@@ -97,10 +98,10 @@ def _banner(config) -> None:
         log.emit("*** WARNING: you are running jailserve without its master process manager ***")
 
 
-def _enter_jail(plan) -> None:
+def _enter_jail(plan) -> bool:
     spec = plan.jail
     if spec is None:
-        return
+        return False
     from . import jail
 
     backend = jail.backend_for()
@@ -110,6 +111,7 @@ def _enter_jail(plan) -> None:
     else:
         backend.create(spec)
         log.emit(f"jailed: root {spec.root} hostname {spec.hostname} name {spec.name} (pid {os.getpid()})")
+    return True
 
 
 def _drop(plan, drop) -> None:
@@ -167,6 +169,14 @@ class Cleanup:
         self.locks = None
         self.pid = os.getpid()
         atexit.register(self.run)
+
+    def entered_jail(self) -> None:
+        """Now inside the jail, maybe as another process (Linux: a fork of the jail's init).
+        This process cleans up from here on; paths written before the jail (the pidfile)
+        are outside its root and stay with the process left outside (the Linux keeper's
+        copy of this object), never resolved against the jail's root by mistake."""
+        self.pid = os.getpid()
+        self.paths = []
 
     def add_unix_sockets(self, socket_specs) -> None:
         # absolute now, after chdir, which is what relative socket paths were bound under

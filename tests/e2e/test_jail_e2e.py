@@ -41,6 +41,8 @@ def test_jailed_server_runs_hooks_in_order_and_binds_inside(tmp_path):
 jail = {root} boxhost {name}
 jail-ip4 = 198.18.62.2
 http-socket = 198.18.62.2:8080
+socket = /app/inside.sock
+vacuum = true
 master = true
 processes = 2
 chdir = /app
@@ -68,8 +70,10 @@ exec-in-jail = echo in-jail >> /app/in-jail
         assert (root / "app" / "in-jail").exists()
         assert "jailed: root" in log and "bound to TCP address 198.18.62.2:8080" in log
         assert log.index("jailed: root") < log.index("bound to TCP address")
+        assert (root / "app" / "inside.sock").is_socket()                # bound in the jail's root
         proc.send_signal(signal.SIGINT)
         assert proc.wait(WAIT) == 0, (tmp_path / "server.log").read_text()
+        assert not (root / "app" / "inside.sock").exists()               # vacuumed by the jailed master
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
