@@ -117,9 +117,9 @@ def test_request_log_default_format_logto_and_disable(serve, tmp_path):
     port = free_port()
     logto = tmp_path / "requests.log"
     serve("--http-socket", f"127.0.0.1:{port}", "--wsgi-file", PROBE, "--logto", str(logto),
-          "--log-format", "%(method) %(uri) -> %(status) %(size)").wait_tcp(port)
-    get(port, "/big?7")
-    wait_for(lambda: logto.exists() and "GET /big?7 -> 200 7" in logto.read_text(), "the log-format line")
+          "--log-format", "%(method) %(uri) -> %(status) %(size) %(uagent)").wait_tcp(port)
+    get(port, "/big?7", headers={"User-Agent": "e2e-agent/1"})
+    wait_for(lambda: logto.exists() and "GET /big?7 -> 200 7 e2e-agent/1" in logto.read_text(), "the log-format line")
     assert "bound to TCP address" in logto.read_text()         # banner lines go there too
 
     port = free_port()
