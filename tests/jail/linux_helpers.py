@@ -31,10 +31,11 @@ def make_spec(root=None, hostname="", name=None, ip4=(), ip6=(), params=(), **fi
     ip4 = tuple(ipaddress.IPv4Address(a) for a in ip4)
     ip6 = tuple(ipaddress.IPv6Address(a) for a in ip6)
     params = tuple(JailParam(k, v, None) for k, v in dict(params).items())
+    fields.setdefault("ip4_mode", "new" if ip4 else "disable")
+    fields.setdefault("ip6_mode", "new" if ip6 else "disable")
     return JailSpec(source="jail" if root is not None or fields.get("attach") is None else None,
                     root=str(root) if root is not None else None, hostname=hostname, name=name,
-                    ip4=ip4, ip6=ip6, params=params,
-                    ip4_mode="new" if ip4 else "disable", ip6_mode="new" if ip6 else "disable", **fields)
+                    ip4=ip4, ip6=ip6, params=params, **fields)
 
 
 def attach_spec(target: str, jidfile=None) -> JailSpec:

@@ -220,6 +220,23 @@ def test_network_veth_addresses_routes_and_cleanup(jails, root, name, netns):
     assert_nothing_left({**facts, "name": name}, netns=netns, root=root)
 
 
+def test_ip_inherit_keeps_the_host_network_and_no_path_keeps_the_host_root(jails, name, netns, tmp_path):
+    """jail2 with ip4=inherit and no path: the host's network namespace and filesystem, but
+    its own pid, UTS, mount and IPC namespaces (and a fresh /proc)."""
+    def body(inside):
+        return serve_facts(inside, lambda: {"host_marker": os.path.exists(str(tmp_path / "HOST_MARKER"))})
+
+    (tmp_path / "HOST_MARKER").write_text("host\n")
+    spec = make_spec(None, "inh", name, params={"ip4": 2, "ip6": 2}, ip4_mode="inherit", ip6_mode="inherit")
+    jail = run(jails, spec, body, netns=netns)
+    facts = jail.recv()
+    assert facts["host_marker"] and facts["pids"] == [1, 2]
+    assert facts["ns"]["net"] == sh("readlink /proc/self/ns/net", netns).strip()
+    assert facts["ns"]["uts"] != ns_inodes()["uts"] and facts["ns"]["mnt"] != ns_inodes()["mnt"]
+    jail.send({"do": "exit"})
+    assert jail.wait() == 0
+
+
 def test_jail_root_cannot_change_the_jail(jails, root, name, netns):
     def body(inside):
         out = {}
