@@ -75,7 +75,7 @@ class Request:
 
 
 def _env(key: str):
-    # headers are only known when the serve loop hands the environ over (it may not)
+    # the environ is the 13th argument of _core's log callback (docs/internals.md)
     return lambda r: r.environ.get(key, "")
 
 

@@ -11,6 +11,8 @@ Signals (UWSGI_SEMANTICS §6.2, the 2.0 column):
   SIGINT   shutdown: workers finish the request in hand within the mercy, then exit
   SIGQUIT  shutdown as SIGINT (brutal reload with `die-on-term`, as uWSGI 2.0)
   SIGUSR1  one log line per worker: pid, requests done, busy or idle
+  SIGTSTP  pause every worker (SIGSTOP), the next SIGTSTP resumes them (SIGCONT); new
+           connections wait in the backlog meanwhile, harakiri does not count paused time
   SIGCHLD  reap
 A second SIGINT/SIGQUIT while stopping kills the remaining workers at once.
 
@@ -34,7 +36,8 @@ from . import _jail
 from .log import emit
 
 SLOT = struct.Struct("=QQ")
-HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD)
+HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGTSTP,
+           signal.SIGCHLD)
 WORKER_STOP = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 FORKBOMB_DELAY = 2.0          # uWSGI's forkbomb-delay: a worker that dies younger waits this
 BRUTAL_MERCY = 3.0            # uWSGI's wait for "brutal" stops when reload-mercy is unset
@@ -102,6 +105,7 @@ class Master:
         self.due: dict[int, float] = {}                 # wid -> when to (re)spawn it
         self.queue: deque[int] = deque()
         self.state = RUNNING
+        self.paused = False
         self.deadline: float | None = None
         self.exit_code = 0
         self.reload_started = 0.0
@@ -209,6 +213,13 @@ class Master:
             start, done = self.slots.read(st.wid)
             emit(f"worker {st.wid} (pid: {st.pid}) requests: {done} {'busy' if start else 'idle'}")
 
+    def handle_sigtstp(self) -> None:
+        if self.state != RUNNING and not self.paused:
+            return
+        self.paused = not self.paused
+        self._kill_all(signal.SIGSTOP if self.paused else signal.SIGCONT)
+        emit("paused: workers stopped, send SIGTSTP again to resume" if self.paused else "resumed")
+
     # -- stopping and reloading ---------------------------------------------------------
 
     def stop(self, why: str) -> None:
@@ -240,6 +251,9 @@ class Master:
         self.deadline = time.monotonic() + mercy
         for pid in list(self.workers):
             _kill(pid, signum)
+        if self.paused:                     # a stopped worker must run to see its signal
+            self.paused = False
+            self._kill_all(signal.SIGCONT)
 
     def _kill_all(self, signum: int) -> None:
         for pid in list(self.workers):
@@ -292,6 +306,8 @@ class Master:
             self._child(wid)            # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self.workers[pid] = WorkerState(wid, pid, time.monotonic())
+        if self.paused:
+            _kill(pid, signal.SIGSTOP)
         emit(f"spawned jailserve worker {wid} (pid: {pid}, cores: 1)")
         return pid
 
@@ -299,7 +315,7 @@ class Master:
         code = 1
         try:
             self._die_with_master()
-            for signum in (signal.SIGCHLD, signal.SIGUSR1):
+            for signum in (signal.SIGCHLD, signal.SIGUSR1, signal.SIGTSTP):
                 signal.signal(signum, signal.SIG_DFL)
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -363,7 +379,7 @@ class Master:
 
     def _check_harakiri(self) -> None:
         limit = self.mc.harakiri
-        if not limit:
+        if not limit or self.paused:
             return
         now_ns = time.monotonic_ns()
         for st in self.workers.values():

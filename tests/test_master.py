@@ -252,3 +252,23 @@ def test_status_slots_are_shared_across_fork():
     assert slots.read(2) == (123, 456) and slots.read(1) == (0, 0)
     slots.clear(2)
     assert slots.read(2) == (0, 0)
+
+
+def proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_sigtstp_pauses_and_resumes_workers_and_stop_still_works(runs):
+    run = runs(until_stopped, processes=2)
+    pids = wait_for(lambda: len(run.all_pids()) == 2 and run.all_pids(), "two workers")
+    os.kill(run.pid, signal.SIGTSTP)
+    wait_for(lambda: all(proc_state(p) == "T" for p in pids), "workers stopped")
+    assert alive(run.pid) and proc_state(run.pid) != "T"        # the master itself keeps running
+    os.kill(run.pid, signal.SIGTSTP)
+    wait_for(lambda: all(proc_state(p) != "T" for p in pids), "workers resumed")
+    os.kill(run.pid, signal.SIGTSTP)
+    wait_for(lambda: all(proc_state(p) == "T" for p in pids), "workers stopped again")
+    os.kill(run.pid, signal.SIGINT)                               # shutdown while paused
+    assert run.wait_exit() == 0
+    assert not [p for p in pids if alive(p)]
