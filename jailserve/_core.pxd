@@ -54,6 +54,7 @@ cdef class RequestParser:
     cdef Py_ssize_t make_room(self) except -1
     cdef void new_message(self)
     cdef int try_head(self) except -1
+    cdef int check_method_prefix(self) except -1
     cdef int head_need(self) except -1
     cdef int parse_head(self, Py_ssize_t hend) except -1
     cdef Py_ssize_t parse_request_line(self, Py_ssize_t p, Py_ssize_t hend) except -1

@@ -676,6 +676,7 @@ cdef class RequestParser:
             self.start += 2
         if self.scanned < self.start:
             self.scanned = self.start
+        self.check_method_prefix()
         i = self.scanned
         while True:
             nl = <const char *>memchr(b + i, b'\n', self.end - i)
@@ -699,19 +700,24 @@ cdef class RequestParser:
                 return self.parse_head(j + 3)
             i = j + 1
 
-    cdef int head_need(self) except -1:
-        # The head must fit in buffer-size (uWSGI: "invalid HTTP request size"); RFC 6585 §5
-        # gives 431 for the header section, RFC 9110 §15.5.15 414 for a request-target.
+    cdef int check_method_prefix(self) except -1:
+        # The method is the first thing the full parse checks, so a byte in its first 32 that
+        # cannot be in it (a TLS ClientHello on the HTTP port, garbage) fails now, with the
+        # very error the full parse gives, instead of waiting for a line end.  Run first on
+        # every call, so any split of the input meets the same first error (fuzz/).
         cdef Py_ssize_t n = self.end - self.start
         cdef Py_ssize_t p = self.start, stop = self.start + (n if n < 32 else 32)
         cdef char *b = self.buf
-        # Early: the method is the first thing the full parse checks, so a byte that cannot
-        # be in it (a TLS ClientHello on the HTTP port, garbage) fails now with the very
-        # error the full parse would give, instead of waiting for a line end.
         while p < stop and TCHAR[<unsigned char>b[p]]:
             p += 1
         if p < stop and b[p] != b'\r' and b[p] != b'\n' and (b[p] != b' ' or p == self.start):
             return self.fail(eol_error(b, p, E_REQUEST_LINE if b[p] == b' ' else E_METHOD))
+        return 0
+
+    cdef int head_need(self) except -1:
+        # The head must fit in buffer-size (uWSGI: "invalid HTTP request size"); RFC 6585 §5
+        # gives 431 for the header section, RFC 9110 §15.5.15 414 for a request-target.
+        cdef Py_ssize_t n = self.end - self.start
         if n < self.limit:
             return R_NEED
         if memchr(self.buf + self.start, b'\n', n) == NULL:
