@@ -142,10 +142,10 @@ class Layout:
     def cap_mask(self) -> int:
         return sum(1 << CAPS[c] for c in self.caps)
 
-    def host_ifname(self, jid: int) -> str:
+    def host_ifname(self, jid: int | str) -> str:
         """The host end is named after the jail; IFNAMSIZ allows 15 bytes."""
         name = f"js-{self.name}"
-        if self.name and len(name.encode()) <= 15 and all(c.isalnum() or c in "_-" for c in self.name):
+        if self.name and len(name) <= 15 and self.name.isascii() and all(c.isalnum() or c in "_-" for c in self.name):
             return name
         return f"js-{jid}"
 
@@ -244,7 +244,7 @@ def describe(spec) -> list[str]:
                  + (f"; jidfile {lay.jidfile} (host pid of the init)" if lay.jidfile else ""))
     if lay.veth:
         addrs = ", ".join(f"{a}/{a.max_prefixlen}" for a in lay.ip4 + lay.ip6)
-        lines.append(f"keeper: veth {lay.host_ifname(0).replace('js-0', 'js-JID')} (host: {GATEWAY4}/32, "
+        lines.append(f"keeper: veth {lay.host_ifname('JID')} (host: {GATEWAY4}/32, "
                      f"{GATEWAY6}/64, rp_filter) <-> {JAIL_IFNAME} in the jail: {addrs}, default via the host end")
     elif lay.new_net:
         lines.append("network: a new namespace with loopback only")
