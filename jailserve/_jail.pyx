@@ -431,6 +431,10 @@ cdef extern from *:
     #include <sys/syscall.h>
     #include <sys/wait.h>
     #include <linux/capability.h>
+    #include <linux/audit.h>
+    #include <linux/filter.h>
+    #include <linux/seccomp.h>
+    #include <stddef.h>
 
     #define JS_HAVE_LINUX_NS 1
     #ifndef SYS_mount_setattr
@@ -484,6 +488,44 @@ cdef extern from *:
             data[i].effective &= k; data[i].permitted &= k; data[i].inheritable &= k;
         }
         return (int)syscall(SYS_capset, &hdr, data);
+    }
+
+    /* children.max = 0: no namespace may be made inside the jail.  Without CAP_SYS_ADMIN the
+       one way left is a user namespace (unprivileged, then every other kind inside it), so a
+       seccomp filter refuses CLONE_NEWUSER in unshare(2) and clone(2), and clone3(2) as a
+       whole with ENOSYS (its flags are in memory a filter cannot read; libc then falls back
+       to clone).  Foreign syscall ABIs (i386, x32) are refused: they would bypass the check.
+       Needs no_new_privs set first. */
+    static int js_ns_forbid_user_namespaces(void) {
+    #if defined(__x86_64__)
+        const unsigned int arch = AUDIT_ARCH_X86_64;
+    #elif defined(__aarch64__)
+        const unsigned int arch = AUDIT_ARCH_AARCH64;
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    #ifndef __NR_clone3
+    #define __NR_clone3 435
+    #endif
+        struct sock_filter code[] = {
+            /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+            /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 1, 0),
+            /* 2 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+            /* 3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            /* 4 */ BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 7, 0),          /* x32 -> 12 */
+            /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+            /* 6 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+            /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_unshare, 1, 0),
+            /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4),            /* -> 9 / 13 */
+            /* 9 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+            /* 10 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEWUSER, 1, 0),
+            /* 11 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+            /* 12 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+            /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {(unsigned short)(sizeof code / sizeof code[0]), code};
+        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
     }
 
     static const int js_ns_relayed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
@@ -678,6 +720,7 @@ cdef extern from *:
     static int js_ns_set_no_new_privs(void) { return js_ns_enosys(); }
     static int js_ns_capbset_read(int c) { (void)c; return js_ns_enosys(); }
     static int js_ns_limit_caps(uint64_t k) { (void)k; return js_ns_enosys(); }
+    static int js_ns_forbid_user_namespaces(void) { return js_ns_enosys(); }
     static int js_ns_supervise(pid_t c, int m) { (void)c; (void)m; return js_ns_enosys(); }
     static int js_ns_spawn(int f, const char *h, int m, uint64_t k, int p, int a, int b, int c, int d) {
         (void)f; (void)h; (void)m; (void)k; (void)p; (void)a; (void)b; (void)c; (void)d; return js_ns_enosys();
@@ -699,6 +742,7 @@ cdef extern from *:
     int js_ns_set_no_new_privs()
     int js_ns_capbset_read(int cap)
     int js_ns_limit_caps(uint64_t keep)
+    int js_ns_forbid_user_namespaces()
     int js_ns_supervise(int child, int mode) nogil
     int js_ns_spawn(int flags, const char *hostname, int mode, uint64_t init_caps, int host_pidns,
                     int up_w, int down_r, int up_r, int down_w)
@@ -779,6 +823,13 @@ def limit_caps(uint64_t keep):
     effective and inheritable sets; the ambient set is cleared."""
     if js_ns_limit_caps(keep) < 0:
         raise_errno("limit capabilities")
+
+
+def forbid_user_namespaces():
+    """children.max = 0: a seccomp filter refuses CLONE_NEWUSER (and clone3) to this process
+    and everything it starts.  Set no_new_privs first."""
+    if js_ns_forbid_user_namespaces() < 0:
+        raise_errno("seccomp: forbid user namespaces")
 
 
 def supervise(int child, int mode):

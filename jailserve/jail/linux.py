@@ -55,8 +55,10 @@ gateway.  rp_filter=1 on the host end drops packets from a source the jail does 
 Root inside is a jail's root: before create() returns in the master the capability
 bounding, permitted, effective and inheritable sets are cut to CHOWN, DAC_OVERRIDE,
 DAC_READ_SEARCH, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE,
-IPC_OWNER, SYS_CHROOT (+ SYS_ADMIN for allow.mount* with enforce_statfs < 2 or an explicit
-allow.set_hostname, + NET_RAW for allow.raw_sockets), and no_new_privs is set.
+IPC_OWNER, SYS_CHROOT (+ SYS_ADMIN for allow.mount with enforce_statfs < 2 or an explicit
+allow.set_hostname, + NET_RAW for allow.raw_sockets), and no_new_privs is set; with
+children.max = 0 (the default) a seccomp filter refuses user namespaces, the one kind
+still possible without CAP_SYS_ADMIN.  The init keeps CAP_KILL only.
 
 Identity: the jid is the host pid of the jail's init (what /proc/JID/ns/* and kill need).
 The jidfile holds it as decimal + newline, written by the keeper (a host path) and removed
@@ -126,6 +128,7 @@ class Layout:
     own_etc: bool = False
     own_tmp: bool = False
     caps: tuple[str, ...] = JAIL_ROOT_CAPS
+    nested: bool = False             # children.max > 0: namespaces may be made inside
     jidfile: str | None = None
 
     @property
@@ -165,6 +168,7 @@ def layout(spec) -> Layout:
         own_etc=bool(spec.root) and os.path.isdir(os.path.join(spec.root, "etc")),
         own_tmp=bool(spec.root) and os.path.isdir(os.path.join(spec.root, "tmp")),
         caps=_caps(spec),
+        nested=spec.children_max > 0,
         jidfile=spec.jidfile,
     )
 
@@ -234,7 +238,7 @@ def describe(spec) -> list[str]:
     if spec.attach is not None and not spec.creates:
         return [f"find jail {spec.attach!r} in {REGISTRY_DIR} (jid = host pid of its init)",
                 "pidfd_open(jid); setns(pidfd, pid); fork; the child: setns(pidfd, mnt|uts|ipc|net); chdir /",
-                "the child: limit capabilities as recorded for that jail; no_new_privs; continues inside",
+                "the child: capabilities, no_new_privs and children.max as recorded for that jail; continues inside",
                 "this process stays outside, relays signals, waits and exits with the child's status"]
     lay = layout(spec)
     names = [n for n, bit in NS.items() if bit & lay.unshare_flags]
@@ -253,7 +257,8 @@ def describe(spec) -> list[str]:
     lines.append("init: fork the master (pid 2); close every inherited descriptor; keep CAP_KILL only; "
                  + ("persist: stays when no process is left" if lay.persist else "reap, relay signals, exit with the last process"))
     lines += [f"master: {line}" for line in _describe_root(lay)]
-    lines.append(f"master: capabilities kept: {', '.join(lay.caps)}; no_new_privs")
+    lines.append(f"master: capabilities kept: {', '.join(lay.caps)}; no_new_privs"
+                 + ("" if lay.nested else "; seccomp: no user namespaces (children.max = 0)"))
     if lay.veth:
         lines.append("keeper: a /32 or /128 route to each jail address, once the jail is up")
     lines.append("the master continues the start-up inside")
@@ -288,6 +293,7 @@ class JailInfo:
     persist: bool = False
     keeper: int | None = None
     caps: int = 0
+    nested: bool = False
     pidns: str = field(default="", repr=False)
 
 
@@ -391,7 +397,8 @@ def list_jails() -> list[JailInfo]:
         out.append(JailInfo(jid=e["jid"], name=e["name"], hostname=e["hostname"], root=e["root"] or "/",
                             addresses=tuple(e["ip4"] + e["ip6"]),
                             processes=max(0, _count_members(e["pidns"]) - 1),
-                            persist=e["persist"], keeper=e["keeper"], caps=e["caps"], pidns=e["pidns"]))
+                            persist=e["persist"], keeper=e["keeper"], caps=e["caps"], nested=e["nested"],
+                            pidns=e["pidns"]))
     return out
 
 
@@ -540,7 +547,7 @@ class _KeeperState:
         lay, jid = self.lay, self.init
         entry = {"jid": jid, "name": lay.name or str(jid), "hostname": lay.hostname, "root": lay.root,
                  "ip4": [str(a) for a in lay.ip4], "ip6": [str(a) for a in lay.ip6], "persist": lay.persist,
-                 "keeper": os.getpid(), "caps": lay.cap_mask, "pidns": _pidns(jid)}
+                 "keeper": os.getpid(), "caps": lay.cap_mask, "nested": lay.nested, "pidns": _pidns(jid)}
         if self.entry_dir is None:
             self.entry_dir = _reserve(entry["name"], entry)
         else:
@@ -617,14 +624,23 @@ def _master_side(lay: Layout, chan: _Channel, old_mask) -> None:
         if lay.new_net:
             _jail_network(lay)
         _enter_root(lay)
-        _jail.limit_caps(lay.cap_mask)
-        _jail.set_no_new_privs()
+        _limit(lay.cap_mask, lay.nested)
         chan.send(chan.up_w, b"r")
     except BaseException as exc:
         _report(chan, exc)
         os._exit(1)
     chan.close(chan.up_w, chan.down_r)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _limit(cap_mask: int, nested: bool) -> None:
+    """What makes root inside a jail's root: capabilities, no_new_privs, and - unless
+    children.max > 0 - no user namespace (the one namespace left to make without
+    CAP_SYS_ADMIN, and a way to get every capability back inside it)."""
+    _jail.limit_caps(cap_mask)
+    _jail.set_no_new_privs()
+    if not nested:
+        _jail.forbid_user_namespaces()
 
 
 def _report(chan: _Channel, exc: BaseException) -> None:
@@ -879,8 +895,7 @@ def _enter_attached(pidfd: int, info: JailInfo, old_mask) -> None:
         os.close(pidfd)
         os.chdir("/")
         _close_directory_fds()
-        _jail.limit_caps(info.caps)
-        _jail.set_no_new_privs()
+        _limit(info.caps, info.nested)
     except BaseException as exc:
         print(f"jail-attach {info.name}: {exc}", file=sys.stderr)
         _exit(1)

@@ -253,6 +253,10 @@ def test_jail_root_cannot_change_the_jail(jails, root, name, netns):
                 out[what] = errno.errorcode[exc.errno]
         ip = subprocess.run(["ip", "addr", "add", "198.18.7.50/32", "dev", "eth0"], capture_output=True, text=True)
         out["ip_addr_add"] = ip.returncode
+        out["user_ns"] = subprocess.run(["unshare", "-U", "true"], capture_output=True, text=True).stderr
+        out["threads_and_forks"] = python_inside(
+            "import threading, subprocess; t = threading.Thread(target=print, args=('t',)); t.start(); t.join(); "
+            "print(subprocess.run(['true']).returncode)")
         out["uid"] = os.getuid()
         out["status"] = {k: v.strip() for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
                          if k in ("CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb", "NoNewPrivs")}
@@ -268,6 +272,8 @@ def test_jail_root_cannot_change_the_jail(jails, root, name, netns):
     assert facts["bind_other"] == "EADDRNOTAVAIL"
     assert facts["raw_socket"] == "EPERM"
     assert facts["ip_addr_add"] != 0
+    assert "Operation not permitted" in facts["user_ns"]             # children.max = 0
+    assert facts["threads_and_forks"] == "t\n0\n"                 # clone3 refused, libc falls back
     assert facts["bind_jail_port_80"] == "ok"      # a jail's root keeps its reserved ports
     kept = sum(1 << linux.CAPS[c] for c in linux.JAIL_ROOT_CAPS)
     status = facts["status"]
@@ -278,6 +284,17 @@ def test_jail_root_cannot_change_the_jail(jails, root, name, netns):
     init_status = dict(line.split(":", 1) for line in open(f"/proc/{init}/status"))
     assert int(init_status["CapEff"], 16) == int(init_status["CapBnd"], 16) == 1 << linux.CAPS["KILL"]
     assert "198.18.7.50" not in sh(f"nsenter -t {children_of(jail.keeper)[0]} -n ip -o addr")
+    jail.send({"do": "exit"})
+    assert jail.wait() == 0
+
+
+def test_children_max_allows_user_namespaces(jails, root, name):
+    def body(inside):
+        proc = subprocess.run(["unshare", "-U", "true"], capture_output=True, text=True)
+        return serve_facts(inside, lambda: {"rc": proc.returncode, "err": proc.stderr})
+
+    jail = run(jails, make_spec(root, "nest", name, params={"children.max": 1}, children_max=1), body)
+    assert jail.recv()["rc"] == 0
     jail.send({"do": "exit"})
     assert jail.wait() == 0
 
