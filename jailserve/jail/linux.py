@@ -397,7 +397,7 @@ def list_jails() -> list[JailInfo]:
         out.append(JailInfo(jid=e["jid"], name=e["name"], hostname=e["hostname"], root=e["root"] or "/",
                             addresses=tuple(e["ip4"] + e["ip6"]),
                             processes=max(0, _count_members(e["pidns"]) - 1),
-                            persist=e["persist"], keeper=e["keeper"], caps=e["caps"], nested=e["nested"],
+                            persist=e["persist"], keeper=e["keeper"], caps=e["caps"], nested=e.get("nested", False),
                             pidns=e["pidns"]))
     return out
 
