@@ -256,8 +256,26 @@ def bind_listeners(specs: list[SocketSpec], shared: list[socket.socket],
     return listeners
 
 
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def check_backlog(backlog: int, limit_file: str = SOMAXCONN) -> None:
+    """uWSGI refuses a `listen` above the kernel's limit (it would be cut silently, and the
+    backlog that carries connections across a reload would be smaller than asked).  Where
+    the limit is not readable (no such file) there is nothing to compare with."""
+    try:
+        with open(limit_file) as f:
+            limit = int(f.read())
+    except (OSError, ValueError):
+        return
+    if backlog > limit:
+        raise OSError(errno.EINVAL, f"Listen queue size {backlog} is greater than the system max "
+                                    f"net.core.somaxconn ({limit})")
+
+
 def bind_one(spec: SocketSpec, log=print) -> socket.socket:
     """Bind and listen one socket; OSError says which address failed."""
+    check_backlog(spec.backlog)
     address = spec.address
     try:
         sock = _bind_unix(spec) if address.family == socket.AF_UNIX else _bind_tcp(spec)

@@ -144,3 +144,17 @@ def test_find_inherited_matches_by_address(tmp_path):
     finally:
         for s in bound:
             s.close()
+
+
+def test_backlog_above_somaxconn_is_refused(tmp_path):
+    limit = tmp_path / "somaxconn"
+    limit.write_text("128\n")
+    sockets.check_backlog(128, str(limit))
+    with pytest.raises(OSError, match="greater than the system max net.core.somaxconn \\(128\\)"):
+        sockets.check_backlog(129, str(limit))
+    sockets.check_backlog(10**6, str(tmp_path / "missing"))       # no limit known: no check
+    if os.path.exists(sockets.SOMAXCONN):
+        too_big = int(open(sockets.SOMAXCONN).read()) + 1
+        with pytest.raises(OSError, match="somaxconn"):
+            sockets.bind_listeners(plan("--http-socket", "127.0.0.1:9", "--listen", str(too_big)), [],
+                                   log=lambda line: None)
