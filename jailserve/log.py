@@ -142,8 +142,9 @@ def render(parts: list, r: Request) -> str:
 class RequestLog:
     """The ServeConfig log callback: one uWSGI-format line per request (or `log-format`)."""
 
-    def __init__(self, config):
+    def __init__(self, config, total=None):
         fmt = config.get("log-format")
+        self.total = total                 # () -> requests of the whole instance, or None
         self.parts = compile_format(fmt) if fmt else None
         self.micros = config.get("log-micros")
         self.pid = self.wid = self.count = 0
@@ -154,9 +155,10 @@ class RequestLog:
 
     def __call__(self, method, uri, proto, status, size, micros, addr, nheaders, header_bytes,
                  nvars, vars_bytes, wall, environ=None):
-        # the arguments are _core's (docs/internals.md); uWSGI's T (requests of the whole
-        # instance) is not tracked across workers, so R/T shows this worker's count twice.
+        # the arguments are _core's (docs/internals.md); R is this worker's count, T the
+        # instance's (from the master's status slots), as uWSGI's `req: R/T`.
         self.count += 1
+        total = self.total() if self.total is not None else self.count
         r = Request(method, uri, proto, status, size, micros, addr, nheaders, header_bytes,
-                    nvars, vars_bytes, wall, self.pid, self.wid, self.count, self.count, environ)
+                    nvars, vars_bytes, wall, self.pid, self.wid, self.count, total, environ)
         emit(render(self.parts, r) if self.parts else default_line(r, self.micros))

@@ -62,6 +62,17 @@ class StatusSlots:
     def clear(self, wid: int) -> None:
         SLOT.pack_into(self.map, SLOT.size * wid, 0, 0)
 
+    def retire(self, wid: int) -> None:
+        """A worker is gone: its requests move to the master's slot, so total() keeps them."""
+        master_done = self.read(0)[1]
+        SLOT.pack_into(self.map, 0, 0, master_done + self.read(wid)[1])
+        self.clear(wid)
+
+    def total(self) -> int:
+        """Requests served by the instance so far (uWSGI's T in `req: R/T`): the master's
+        slot holds the dead workers' counts, each live worker's slot its own."""
+        return sum(SLOT.unpack_from(self.map, off)[1] for off in range(0, len(self.map), SLOT.size))
+
 
 @dataclass
 class WorkerState:
@@ -97,10 +108,11 @@ class Master:
     handlers and unblock them (worker.Worker.run does).
     """
 
-    def __init__(self, mc: MasterConfig, work: Callable[[int, memoryview], int]):
+    def __init__(self, mc: MasterConfig, work: Callable[[int, memoryview], int],
+                 slots: StatusSlots | None = None):
         self.mc = mc
         self.work = work
-        self.slots = StatusSlots(mc.processes)
+        self.slots = slots if slots is not None else StatusSlots(mc.processes)
         self.workers: dict[int, WorkerState] = {}       # pid -> state
         self.due: dict[int, float] = {}                 # wid -> when to (re)spawn it
         self.queue: deque[int] = deque()
@@ -347,7 +359,7 @@ class Master:
                 self._worker_died(st, status)
 
     def _worker_died(self, st: WorkerState, status: int) -> None:
-        self.slots.clear(st.wid)
+        self.slots.retire(st.wid)
         if self.mc.on_worker_exit is not None:
             self.mc.on_worker_exit(st.pid)
         how = _describe_status(status)

@@ -133,19 +133,20 @@ def _serve(plan, config, listeners, cleanup) -> int:
     uwsgi_compat.install(config, processes, os.getpid() if use_master else 0)
     apps.prepare_paths(plan.app)
     app = None if plan.app.lazy else _load_app(plan)
-    worker = Worker(listeners, app, plan.app, config, plan.hooks, hooks.run_phase)
+    slots = StatusSlots(processes)        # shared with every worker: harakiri and `req: R/T`
+    worker = Worker(listeners, app, plan.app, config, plan.hooks, hooks.run_phase, slots)
     try:
         if not use_master:
             # uWSGI: without master and with one process, the process is worker 1.
             if config.get("harakiri"):
                 log.emit("*** WARNING: harakiri needs the master in jailserve (uWSGI's SIGALRM "
                          "variant is not implemented); add `master = true` ***")
-            return run_forked(worker, 1, StatusSlots(1).slot(1))
+            return run_forked(worker, 1, slots.slot(1))
         # Objects made so far live for the whole run; freezing them keeps the collector from
         # writing to their pages in every worker, so those pages stay shared (DESIGN §5).
         gc.freeze()
         mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead)
-        return Master(mc, lambda wid, slot: run_forked(worker, wid, slot)).run()
+        return Master(mc, lambda wid, slot: run_forked(worker, wid, slot), slots).run()
     finally:
         cleanup.run()
 

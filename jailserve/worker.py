@@ -28,7 +28,7 @@ STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 class Worker:
     """Everything a worker needs, prepared in the master before the first fork."""
 
-    def __init__(self, listeners, app, app_spec, config, hook_plan=None, run_hooks=None):
+    def __init__(self, listeners, app, app_spec, config, hook_plan=None, run_hooks=None, slots=None):
         self.listeners = listeners          # [(socket.socket, kind)]
         self.app = app                      # None with lazy-apps: loaded after fork
         self.app_spec = app_spec
@@ -36,7 +36,8 @@ class Worker:
         self.hook_plan = hook_plan
         self.run_hooks = run_hooks          # hooks.run_phase, or None when there are no hooks
         self.server_name = socket.gethostname()
-        self.request_log = None if config.get("disable-logging") else log.RequestLog(config)
+        total = slots.total if slots is not None else None     # the instance's request count
+        self.request_log = None if config.get("disable-logging") else log.RequestLog(config, total)
 
     def run(self, wid: int, slot) -> int:
         """The worker's life; returns the exit code (apps.FAILED_APP_CODE when the app fails)."""

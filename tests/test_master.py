@@ -272,3 +272,14 @@ def test_sigtstp_pauses_and_resumes_workers_and_stop_still_works(runs):
     os.kill(run.pid, signal.SIGINT)                               # shutdown while paused
     assert run.wait_exit() == 0
     assert not [p for p in pids if alive(p)]
+
+
+def test_total_keeps_the_requests_of_dead_workers():
+    slots = StatusSlots(2)
+    struct.pack_into("=QQ", slots.slot(1), 0, 0, 5)
+    struct.pack_into("=QQ", slots.slot(2), 0, 99, 3)
+    assert slots.total() == 8
+    slots.retire(1)                       # worker 1 died: its 5 stay counted
+    assert slots.read(1) == (0, 0) and slots.total() == 8
+    struct.pack_into("=QQ", slots.slot(1), 0, 0, 1)
+    assert slots.total() == 9

@@ -70,6 +70,9 @@ def test_max_requests_recycles_the_worker(serve):
     assert pids[0] == pids[1] == pids[2] and pids[3] == pids[4] == pids[5]
     assert len({pids[0], pids[3], pids[6]}) == 3
     assert "exited with code 0; respawning" in server.log()
+    # uWSGI's req: R/T: R restarts with each worker, T counts the whole instance
+    assert "|req: 1/7]" in server.wait_log("|req: 1/7]")
+    assert "|req: 3/3]" in server.log() and "|req: 3/6]" in server.log()
     assert server.stop() == 0
 
 
