@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import signal
 import sys
 
 # Everything the start-up needs after the privilege drop and the jail is imported now: after
@@ -44,12 +45,31 @@ class StartupError(Exception):
     """A step of the start-up failed after validation; the message says which and why."""
 
 
+DEFERRED = (signal.SIGHUP, signal.SIGTERM)
+
+
+class _Deferred:
+    """uWSGI does not let SIGHUP/SIGTERM kill a starting instance (UWSGI_SEMANTICS §2 step 1).
+    It ignores them; we record them instead, and the master acts on them once it runs (a
+    reload asked for during start-up happens right after it).  A recording handler, unlike
+    SIG_IGN, does not leak into hook commands: exec() resets it."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+        for signum in DEFERRED:
+            signal.signal(signum, self.record)
+
+    def record(self, signum, frame) -> None:
+        self.seen.append(signum)
+
+
 def run(plan) -> int:
     """Start the instance described by `plan`; returns the process's exit code."""
     config = plan.config
     drop = privileges.plan_drop(config)          # pure; bad values are ConfigErrors
+    deferred = _Deferred()
     try:
-        return _run(plan, config, drop)
+        return _run(plan, config, drop, deferred)
     except (AppLoadError, DropError, hooks.HookFailed, StartupError) as exc:
         log.emit(f"jailserve: {exc}")
         return apps.FAILED_APP_CODE if isinstance(exc, AppLoadError) else 1
@@ -58,7 +78,7 @@ def run(plan) -> int:
         return 1
 
 
-def _run(plan, config, drop) -> int:
+def _run(plan, config, drop, deferred) -> int:
     first = not config.is_reload
     apps.apply_env(plan.app)
     hooks.run_phase(plan.hooks, "asap", log.emit)
@@ -88,7 +108,7 @@ def _run(plan, config, drop) -> int:
     cleanup.write_pidfile("pidfile2")
     if not listeners:
         raise StartupError("no socket to serve on (set http-socket, http11-socket or socket)")
-    return _serve(plan, config, listeners, cleanup)
+    return _serve(plan, config, listeners, cleanup, deferred)
 
 
 def _banner(config) -> None:
@@ -125,7 +145,7 @@ def _chdir(app_spec) -> None:
         log.emit(f"chdir() to {app_spec.chdir}")
 
 
-def _serve(plan, config, listeners, cleanup) -> int:
+def _serve(plan, config, listeners, cleanup, deferred) -> int:
     processes = config.get("processes")
     use_master = config.get("master") or processes > 1
     locks.setup(config)                   # semaphores made after the drop belong to uid
@@ -146,7 +166,9 @@ def _serve(plan, config, listeners, cleanup) -> int:
         # writing to their pages in every worker, so those pages stay shared (DESIGN §5).
         gc.freeze()
         mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead)
-        return Master(mc, lambda wid, slot: run_forked(worker, wid, slot), slots).run()
+        master = Master(mc, lambda wid, slot: run_forked(worker, wid, slot), slots)
+        master.queue.extend(deferred.seen)       # signals that came during the start-up
+        return master.run()
     finally:
         cleanup.run()
 

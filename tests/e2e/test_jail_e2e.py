@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from e2e_support import APPS, ROOT, WAIT
+from e2e_support import APPS, ROOT, WAIT, wait_for
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("ip") is None,
@@ -71,6 +71,11 @@ exec-in-jail = echo in-jail >> /app/in-jail
         assert "jailed: root" in log and "bound to TCP address 198.18.62.2:8080" in log
         assert log.index("jailed: root") < log.index("bound to TCP address")
         assert (root / "app" / "inside.sock").is_socket()                # bound in the jail's root
+        proc.send_signal(signal.SIGHUP)       # to the process outside: it reaches the master
+        wait_for(lambda: "graceful reload" in (tmp_path / "server.log").read_text(), "the reload in the jail")
+        out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", CLIENT,
+                              "http://198.18.62.2:8080/"], capture_output=True, text=True, timeout=WAIT * 2)
+        assert "'worker_id': " in out.stdout, out.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(WAIT) == 0, (tmp_path / "server.log").read_text()
         assert not (root / "app" / "inside.sock").exists()               # vacuumed by the jailed master

@@ -123,3 +123,18 @@ def test_sigkilled_master_takes_its_workers_with_it(serve):
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(timeout=WAIT)
     wait_for(lambda: not any(process_alive(pid) for pid in workers), "the workers to die with the master")
+
+
+def test_sighup_and_sigterm_during_start_up_are_acted_on_after_it(serve, tmp_path):
+    # uWSGI ignores them while starting; jailserve keeps them for the master: never a dead start
+    for sig, kind in ((signal.SIGHUP, "graceful reload"), (signal.SIGTERM, "brutal reload")):
+        mark, port = tmp_path / f"importing-{sig}", free_port()
+        server = serve("--http-socket", f"127.0.0.1:{port}", "--master", "--wsgi-file",
+                       str(APPS / "slow_import.py"), env={"SLOW_MARK": str(mark)})
+        wait_for(mark.exists, "the app import to start")
+        os.kill(server.pid, sig)
+        server.wait_tcp(port)
+        server.wait_log(kind)
+        wait_for(lambda: len(server.workers()) == 1, "the worker after the reload")
+        assert get(port)[2] == b"slow"
+        assert server.stop() == 0
