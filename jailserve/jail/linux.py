@@ -384,6 +384,8 @@ def _entries():
             continue                                    # an entry being made (see _reserve)
         path = os.path.join(REGISTRY_DIR, quoted)
         entry = _read_entry(path)
+        if entry is None:
+            continue                                    # not a jail entry: never ours to remove
         if not _alive(entry):
             shutil.rmtree(path, ignore_errors=True)     # its jail died without its keeper
             continue
