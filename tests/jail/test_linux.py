@@ -538,3 +538,15 @@ def test_jail_keep_mount_reaches_the_backend(root, tmp_path):
     ini.write_text(f"[uwsgi]\njail = {root} h n\njail-keep-mount = /srv:/data\n")
     spec = build_spec(load_config([str(ini)], {}))
     assert ("/srv", "/data") in linux.layout(spec).keep
+
+
+def test_registry_sweep_leaves_foreign_directories_alone():
+    """Only dead jail entries (a jail.json whose init is gone) are swept; anything else under
+    /run/jailserve belongs to someone else (the lock engines' registry once lived there)."""
+    foreign = os.path.join(linux.REGISTRY_DIR, "not-a-jail-entry-test")
+    os.makedirs(foreign, exist_ok=True)
+    try:
+        linux.list_jails()
+        assert os.path.isdir(foreign)
+    finally:
+        os.rmdir(foreign)
