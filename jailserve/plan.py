@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import apps, hooks, sockets
+from . import apps, hooks, privileges, sockets
 from .config import Config
 from .errors import ConfigError
 from .jail import backend_for
@@ -69,6 +69,7 @@ def build_plan(config: Config) -> Plan:
     socket_specs = sockets.plan_sockets(config)
     hook_plan = hooks.plan_hooks(config)
     app = apps.plan_app(config)
+    privileges.plan_drop(config)          # uid/gid words checked now; names resolve inside the jail
     if not socket_specs:
         raise ConfigError("no socket to serve on (allowed: http-socket, http11-socket or socket)",
                           None, "http-socket")
