@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages="python3 python3-venv python3-dev gcc libc6-dev"
 if [ "${1:-}" = "--test" ]; then
     # iproute2: jail networks; util-linux: unshare/nsenter/ipcs; nginx, curl, wrk: real clients
-    packages="$packages iproute2 util-linux procps curl nginx wrk"
+    packages="$packages iproute2 util-linux procps curl nginx wrk debootstrap"
 fi
 missing=""
 for p in $packages; do
