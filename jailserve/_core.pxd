@@ -120,6 +120,8 @@ cdef class Connection:
     cdef int serve_fd(self, int fd, int kind, dict base, str addr, str port) except -1
     cdef int read_head(self) except -1
     cdef int one_request(self) except -1
+    cdef int request_ready(self) except -1
+    cdef int app_step(self) except -1
     cdef bint discard_body(self) except -1
     cdef dict make_environ(self)
     cdef int run_app(self, dict env) except -1
@@ -176,3 +178,69 @@ cdef class Server:
     cdef int accept_one(self, int *idx, char *addr, int *port) except -2
     cdef long long run(self) except -1
     cdef int conn_options(self, int fd) except -1
+
+
+cdef class Slot:
+    # one accepted connection in the hub, idle or busy (docs/internals.md, "Greenlet hub")
+    cdef int fd, idx, kind, state
+    cdef str addr, port
+    cdef AsyncConnection conn   # None while idle: an idle connection holds no buffers
+    cdef int wait_ev            # W_READ / W_WRITE: its core waits for this edge
+    cdef bint readable          # a read edge came and no recv has seen EAGAIN since
+    cdef uint64_t deadline      # monotonic ns; 0 = none (socket-timeout)
+    cdef object exc             # a parse error the hub found, answered by a core
+
+
+cdef class AsyncConnection(Connection):
+    cdef Hub hub
+    cdef Slot slot
+    cdef object g               # the core greenlet serving it
+    cdef list app_fds           # fds the app registered with wait_fd_read / wait_fd_write
+    cdef double app_timeout     # the shortest timeout registered (-1: none)
+    cdef bint app_pending, app_waiting
+    cdef int ready              # uwsgi.ready_fd()
+    cdef long long token        # invalidates the timers of a wait that ended
+
+    cdef int wait_conn(self, int ev) except -1
+    cdef int app_suspend(self) except -1
+    cdef int app_wait_fd(self, int fd, int how, double timeout) except -1
+
+
+cdef class Hub(Server):
+    cdef int pfd
+    cdef void *evbuf            # js_ev[JS_MAX_EVENTS] for the poller
+    cdef int max_cores, ncores, busy, nconns
+    cdef list slots             # fd -> Slot or None
+    cdef dict appfds            # fd -> AsyncConnection waiting on it
+    cdef list free_cores        # idle core greenlets
+    cdef object fifo            # deque of Slots with a complete head, all cores busy
+    cdef list pending           # Slots whose next head the hub must read
+    cdef list runq              # AsyncConnections that yielded (suspend with no wait)
+    cdef list timers            # heap of (due ns, seq, AsyncConnection, token)
+    cdef long long seq
+    cdef list pool              # AsyncConnections (buffers) not in use
+    cdef AsyncConnection cur    # the connection of the core that has the CPU
+    cdef object hub_g, hub_switch, greenlet_cls, core_run
+    cdef bint accepting
+    cdef uint64_t paused_until, last_sweep, timeout_ns
+
+    cdef long long run_hub(self) except -1
+    cdef int next_timeout(self) except? -1
+    cdef int listen_on(self) except -1
+    cdef int listen_off(self) except -1
+    cdef int stop_accepting(self) except -1
+    cdef void shutdown(self)
+    cdef int accept_burst(self, int i) except -1
+    cdef AsyncConnection activate(self, Slot s)
+    cdef void release(self, Slot s)
+    cdef void close_slot(self, Slot s)
+    cdef int read_head(self, Slot s) except -1
+    cdef int read_pending(self) except -1
+    cdef int dispatch(self, Slot s) except -1
+    cdef int switch_in(self, g, value) except -1
+    cdef int serve_slot(self, Slot s, g) except -1
+    cdef int wake(self, Slot s, int why) except -1
+    cdef int wake_app(self, AsyncConnection c, int fd) except -1
+    cdef int fire_timers(self, uint64_t now) except -1
+    cdef int run_yielded(self) except -1
+    cdef int sweep(self, uint64_t now) except -1

@@ -65,18 +65,20 @@ cdef extern from *:
     #define MSG_NOSIGNAL 0
     #endif
 
-    /* Accept one connection; write the peer's address as text into addr and its port. */
-    static int js_accept(int lfd, char *addr, size_t addrlen, int *port) {
+    /* Accept one connection; write the peer's address as text into addr and its port.
+       nonblock: the accepted socket is O_NONBLOCK (the greenlet hub), else blocking. */
+    static int js_accept(int lfd, char *addr, size_t addrlen, int *port, int nonblock) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         int fd;
     #if defined(__linux__) || defined(__FreeBSD__)
-        fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+        fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0));
     #else
         fd = accept(lfd, (struct sockaddr *)&ss, &sl);
         if (fd >= 0) {
             fcntl(fd, F_SETFD, FD_CLOEXEC);
-            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+            if (nonblock) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+            else fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
         }
     #endif
         addr[0] = 0;
@@ -211,7 +213,7 @@ cdef extern from *:
         return js_date_line;
     }
     """
-    int js_accept(int lfd, char *addr, size_t addrlen, int *port) nogil
+    int js_accept(int lfd, char *addr, size_t addrlen, int *port, int nonblock) nogil
     Py_ssize_t js_sendv(int fd, iovec *iov, int n) nogil
     Py_ssize_t js_sendfile(int out_fd, int in_fd, long long offset, size_t count) nogil
     int js_set_timeouts(int fd, double slice) nogil
@@ -1826,7 +1828,7 @@ cdef class Connection:
         free(self.wbuf)
 
     cdef int wgrow(self, Py_ssize_t need) except -1:
-        cdef Py_ssize_t cap = self.wcap
+        cdef Py_ssize_t cap = self.wcap if self.wcap > 0 else 1024
         cdef char *nb
         while cap < need:
             cap *= 2
@@ -2027,11 +2029,16 @@ cdef class Connection:
 
     cdef int one_request(self) except -1:
         """Serve one request; 1 when the connection may carry another."""
+        if not self.read_head():
+            return 0
+        return self.request_ready()
+
+    cdef int request_ready(self) except -1:
+        # The rest of one_request once a head is parsed (the greenlet hub parses heads itself
+        # and hands a core a connection whose head is ready).
         cdef Server srv = self.server
         cdef uint64_t t0
         cdef double wall = 0.0
-        if not self.read_head():
-            return 0
         t0 = js_monotonic_ns()
         srv.slot_begin(t0)
         if srv.cfg.log is not None:
@@ -2098,6 +2105,7 @@ cdef class Connection:
         cdef Response resp = self.resp
         try:
             result = self.server.app(env, resp)
+            self.app_step()
         except HTTPError as exc:
             if not resp.sent:
                 self.send_error(exc.status, exc.reason)
@@ -2140,7 +2148,13 @@ cdef class Connection:
             if not PyBytes_Check(chunk):
                 raise TypeError("the WSGI iterable yielded %r, not bytes" % type(chunk).__name__)
             resp.send_body(PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk))
+            self.app_step()
         return resp.finish()
+
+    cdef int app_step(self) except -1:
+        # After the app returns and after each chunk it yields: the greenlet hub suspends
+        # here for a wait the app registered (uwsgi.async_sleep, wait_fd_*).  Sync: nothing.
+        return 0
 
     cdef int app_failed(self, dict env) except -1:
         errors = env.get("wsgi.errors") or sys.stderr
@@ -2196,6 +2210,18 @@ cdef class Connection:
 # 10. Server: accept on the listening sockets, hand each connection to the Connection.
 # ---------------------------------------------------------------------------------------------
 cdef dict KINDS = {"http": K_HTTP, "http11": K_HTTP11, "uwsgi": K_UWSGI}
+
+
+cdef tuple thunder_lock():
+    # (accept_lock, accept_unlock) of jailserve.locks when `thunder-lock` is on, bound once per
+    # serve(); (None, None) otherwise (and for _core used on its own, without jailserve.locks).
+    try:
+        from jailserve import locks
+    except ImportError:
+        return None, None
+    if not locks.thunder_lock_enabled():
+        return None, None
+    return locks.accept_lock, locks.accept_unlock
 
 
 @cython.no_gc_clear
@@ -2305,7 +2331,7 @@ cdef class Server:
             for k in range(self.nlisten):
                 i = (self.rr + k) % self.nlisten
                 with nogil:
-                    c = js_accept(self.fds[i], addr, 64, port)
+                    c = js_accept(self.fds[i], addr, 64, port, 0)
                     if c < 0:
                         e = errno
                 if c >= 0:
@@ -2331,10 +2357,22 @@ cdef class Server:
         cdef char addr[64]
         cdef int port = 0, idx = 0, fd
         cdef ServeConfig cfg = self.cfg
+        lock = unlock = None
         try:
             self.setup()            # inside: a failure half-way still restores the fd flags
+            lock, unlock = thunder_lock()
             while not _stop and (cfg.max_requests == 0 or self.served < cfg.max_requests):
-                fd = self.accept_one(&idx, addr, &port)
+                if lock is None:
+                    fd = self.accept_one(&idx, addr, &port)
+                else:
+                    # thunder-lock (docs/locks.md): one worker at a time polls and accepts;
+                    # False = a signal ran its handler: look at the stop flag again
+                    if not lock():
+                        continue
+                    try:
+                        fd = self.accept_one(&idx, addr, &port)
+                    finally:
+                        unlock()
                 if fd < 0:
                     break
                 self.conn_options(fd)
@@ -2402,3 +2440,795 @@ def serve(listeners, app, ServeConfig cfg=None):
     if cfg is None:
         cfg = ServeConfig()
     return Server(listeners, app, cfg).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. The greenlet hub (issue 8; uWSGI `async = N` + `greenlet`, UWSGI_SEMANTICS §11).
+#
+#     One hub greenlet (the caller of serve_async) runs an epoll (Linux) / kqueue (FreeBSD)
+#     loop over non-blocking sockets.  It accepts, reads and parses request heads itself, so
+#     an idle keep-alive connection or a slowloris costs a Slot (and, while a head is partly
+#     in, a pooled AsyncConnection) but no greenlet.  A connection whose head is complete
+#     goes to one of at most N core greenlets, or waits in a FIFO when all N are busy.  A
+#     core runs the unchanged request flow (request_ready: environ, app, Response); its reads
+#     and writes are AsyncConnection.recv_some / wait_send_slice, which switch to the hub on
+#     EAGAIN, and the app's own waits (uwsgi.async_sleep, wait_fd_read/write, suspend) switch
+#     there too.  Connection sockets are registered once, edge-triggered for read and write:
+#     every reader or writer tries the system call first and waits only after EAGAIN, which
+#     guarantees the next edge.  Timeouts: socket-timeout for an idle connection, for a whole
+#     head once its first byte is in, and for each read/write wait inside a request; checked
+#     by a sweep once a second.  App timers are a heap.
+# ---------------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <sys/epoll.h>
+    #elif defined(__FreeBSD__) || defined(__APPLE__)
+    #include <sys/event.h>
+    #define JS_KQUEUE 1
+    #endif
+    #include <stdint.h>
+
+    typedef struct { uint64_t data; int rd; int wr; } js_ev;
+    enum { JS_P_LISTENER = 1, JS_P_CONN = 2, JS_P_READ = 3, JS_P_WRITE = 4 };
+    #define JS_MAX_EVENTS 256
+
+    static int js_poller_new(void) {
+    #if defined(__linux__)
+        return epoll_create1(EPOLL_CLOEXEC);
+    #elif defined(JS_KQUEUE)
+        int k = kqueue();
+        if (k >= 0) fcntl(k, F_SETFD, FD_CLOEXEC);
+        return k;
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
+
+    /* how: JS_P_LISTENER level-triggered read (EPOLLEXCLUSIVE: one worker woken per
+       connection); JS_P_CONN edge-triggered read+write, registered once per connection;
+       JS_P_READ / JS_P_WRITE one-shot (an app's wait_fd_read / wait_fd_write). */
+    static int js_poller_add(int pfd, int fd, uint64_t data, int how) {
+    #if defined(__linux__)
+        struct epoll_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.data.u64 = data;
+        switch (how) {
+        case JS_P_LISTENER:
+            ev.events = EPOLLIN;
+    #ifdef EPOLLEXCLUSIVE
+            ev.events |= EPOLLEXCLUSIVE;
+    #endif
+            break;
+        case JS_P_CONN: ev.events = EPOLLIN | EPOLLOUT | EPOLLET; break;
+        case JS_P_READ: ev.events = EPOLLIN | EPOLLONESHOT; break;
+        default: ev.events = EPOLLOUT | EPOLLONESHOT; break;
+        }
+        return epoll_ctl(pfd, EPOLL_CTL_ADD, fd, &ev);
+    #elif defined(JS_KQUEUE)
+        struct kevent kev[2];
+        int n = 0;
+        void *ud = (void *)(uintptr_t)data;
+        switch (how) {
+        case JS_P_LISTENER: EV_SET(&kev[n++], fd, EVFILT_READ, EV_ADD, 0, 0, ud); break;
+        case JS_P_CONN:
+            EV_SET(&kev[n++], fd, EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0, ud);
+            EV_SET(&kev[n++], fd, EVFILT_WRITE, EV_ADD | EV_CLEAR, 0, 0, ud);
+            break;
+        case JS_P_READ: EV_SET(&kev[n++], fd, EVFILT_READ, EV_ADD | EV_ONESHOT, 0, 0, ud); break;
+        default: EV_SET(&kev[n++], fd, EVFILT_WRITE, EV_ADD | EV_ONESHOT, 0, 0, ud); break;
+        }
+        return kevent(pfd, kev, n, NULL, 0, NULL);
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
+
+    /* Remove a registration (errors ignored by the callers: a one-shot that fired is gone
+       on kqueue, a closed fd is gone everywhere). */
+    static int js_poller_del(int pfd, int fd, int how) {
+    #if defined(__linux__)
+        struct epoll_event ev;
+        memset(&ev, 0, sizeof(ev));
+        return epoll_ctl(pfd, EPOLL_CTL_DEL, fd, &ev);
+    #elif defined(JS_KQUEUE)
+        struct kevent kev[2];
+        int n = 0;
+        if (how != JS_P_WRITE) EV_SET(&kev[n++], fd, EVFILT_READ, EV_DELETE, 0, 0, NULL);
+        if (how == JS_P_CONN || how == JS_P_WRITE)
+            EV_SET(&kev[n++], fd, EVFILT_WRITE, EV_DELETE, 0, 0, NULL);
+        return kevent(pfd, kev, n, NULL, 0, NULL);
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
+
+    static int js_poller_wait(int pfd, js_ev *out, int max, int timeout_ms) {
+        int n, i;
+        if (max > JS_MAX_EVENTS) max = JS_MAX_EVENTS;
+    #if defined(__linux__)
+        struct epoll_event evs[JS_MAX_EVENTS];
+        n = epoll_wait(pfd, evs, max, timeout_ms);
+        for (i = 0; i < n; i++) {
+            uint32_t e = evs[i].events;
+            out[i].data = evs[i].data.u64;
+            out[i].rd = (e & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) != 0;
+            out[i].wr = (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
+        }
+        return n;
+    #elif defined(JS_KQUEUE)
+        struct kevent evs[JS_MAX_EVENTS];
+        struct timespec ts;
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+        n = kevent(pfd, NULL, 0, evs, max, timeout_ms < 0 ? NULL : &ts);
+        for (i = 0; i < n; i++) {
+            out[i].data = (uint64_t)(uintptr_t)evs[i].udata;
+            out[i].rd = evs[i].filter == EVFILT_READ;
+            out[i].wr = evs[i].filter == EVFILT_WRITE;
+        }
+        return n;
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
+    """
+    ctypedef struct js_ev:
+        uint64_t data
+        int rd
+        int wr
+    int js_poller_new() nogil
+    int js_poller_add(int pfd, int fd, uint64_t data, int how) nogil
+    int js_poller_del(int pfd, int fd, int how) nogil
+    int js_poller_wait(int pfd, js_ev *out, int max, int timeout_ms) nogil
+    int JS_P_LISTENER, JS_P_CONN, JS_P_READ, JS_P_WRITE, JS_MAX_EVENTS
+
+try:
+    import greenlet as _greenlet_mod
+except ImportError:           # serve_async() says so; serve() does not need it
+    _greenlet_mod = None
+from collections import deque as _deque
+from heapq import heappush as _heappush, heappop as _heappop
+
+# what an event's data says: the kind in the top bits, the fd (or listener index) below;
+# 32 bits in all, so it fits kqueue's udata on any ABI
+DEF TAG_SHIFT = 28
+DEF TAG_LISTENER = 1
+DEF TAG_CONN = 2
+DEF TAG_APP = 3
+DEF FD_MASK = 0x0fffffff
+
+cdef enum:
+    S_IDLE = 0      # hub-owned, nothing buffered, no AsyncConnection
+    S_HEAD = 1      # hub-owned, part of a head buffered in its AsyncConnection
+    S_QUEUED = 2    # a complete head (or a parse error) waiting for a core
+    S_CORE = 3      # a core serves it
+    S_CLOSED = 4
+
+cdef enum:
+    W_NONE = 0
+    W_READ = 1
+    W_WRITE = 2
+
+cdef enum:
+    WAKE_READY = 0
+    WAKE_TIMEOUT = 1
+
+cdef Hub _hub = None        # the running hub (the `uwsgi` module's async calls go to it)
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Slot:
+    """One accepted connection as the hub sees it, for its whole life (idle or busy)."""
+
+    def __repr__(self):
+        return "<Slot fd=%d state=%d>" % (self.fd, self.state)
+
+
+@cython.no_gc_clear
+cdef class AsyncConnection(Connection):
+    """A Connection whose reads and writes switch to the hub instead of blocking."""
+
+    def __cinit__(self, Server server):
+        self.hub = <Hub>server
+        self.app_fds = []
+        self.app_timeout = -1.0
+        self.ready = -1
+
+    cdef Py_ssize_t recv_some(self, char *dst, Py_ssize_t room, bint idle) except -2:
+        # idle (the hub reading a head): -1 = nothing more now, 0 = EOF or error.  Inside a
+        # request (a core): wait for the next read edge; EOF and errors raise _ClientGone.
+        cdef Py_ssize_t n
+        cdef int e
+        while True:
+            n = recv(self.fd, dst, room, 0)
+            if n > 0:
+                return n
+            if n == 0:
+                if idle:
+                    return 0
+                raise _ClientGone("client closed the connection inside a request")
+            e = errno
+            if e == EINTR:
+                PyErr_CheckSignals()
+            elif e == EAGAIN or e == EWOULDBLOCK:
+                self.slot.readable = False
+                if idle:
+                    return -1
+                self.wait_conn(W_READ)
+            elif idle:
+                return 0
+            else:
+                raise _ClientGone(e, os.strerror(e))
+
+    cdef int wait_send_slice(self) except -1:
+        # send_iov and send_file call this after EAGAIN: wait for the write edge.
+        return self.wait_conn(W_WRITE)
+
+    cdef int wait_conn(self, int ev) except -1:
+        cdef Slot s = self.slot
+        cdef Hub hub = self.hub
+        s.wait_ev = ev
+        if hub.timeout_ns:
+            s.deadline = js_monotonic_ns() + hub.timeout_ns
+        r = hub.hub_switch()
+        hub.cur = self
+        s.wait_ev = W_NONE
+        s.deadline = 0
+        if r is not None and <int>r == WAKE_TIMEOUT:
+            raise _ClientGone(ETIMEDOUT, "socket-timeout reading the request" if ev == W_READ
+                              else "socket-timeout writing the response")
+        return 0
+
+    cdef int app_step(self) except -1:
+        if self.app_pending:
+            self.app_suspend()
+        return 0
+
+    cdef int app_suspend(self) except -1:
+        # uwsgi.suspend(): wait for what the app registered (an fd, a timeout), or, with
+        # nothing registered, let every other ready core run once (a plain yield).
+        cdef Hub hub = self.hub
+        cdef uint64_t due
+        self.ready = -1
+        if not self.app_pending:
+            hub.runq.append(self)
+            hub.hub_switch()
+            hub.cur = self
+            return 0
+        self.token += 1
+        if self.app_timeout >= 0:
+            due = js_monotonic_ns() + <uint64_t>(self.app_timeout * 1e9)
+            hub.seq += 1
+            _heappush(hub.timers, (due, hub.seq, self, self.token))
+        self.app_waiting = True
+        try:
+            hub.hub_switch()
+        finally:
+            hub.cur = self
+            self.app_waiting = False
+            self.app_pending = False
+            self.app_timeout = -1.0
+            self.token += 1                 # a timer still in the heap is now stale
+            if self.app_fds:
+                for fd in self.app_fds:
+                    js_poller_del(hub.pfd, <int>fd, JS_P_READ)
+                    hub.appfds.pop(fd, None)
+                self.app_fds = []
+        return 0
+
+    cdef int app_wait_fd(self, int fd, int how, double timeout) except -1:
+        cdef Hub hub = self.hub
+        if fd < 0 or fd > FD_MASK:
+            raise ValueError("invalid file descriptor %d" % fd)
+        if fd in hub.appfds:
+            raise ValueError("file descriptor %d is already waited on" % fd)
+        if js_poller_add(hub.pfd, fd, (<uint64_t>TAG_APP << TAG_SHIFT) | <uint64_t>fd, how) < 0:
+            raise OSError(errno, os.strerror(errno))
+        hub.appfds[fd] = self
+        self.app_fds.append(fd)
+        self.app_pending = True
+        if timeout > 0 and (self.app_timeout < 0 or timeout < self.app_timeout):
+            self.app_timeout = timeout
+        return 0
+
+
+@cython.no_gc_clear
+cdef class Hub(Server):
+    """serve_async(): the event loop, the cores, the FIFO, the timers."""
+
+    def __dealloc__(self):
+        free(self.evbuf)
+
+    # -- the loop ---------------------------------------------------------------------------
+    cdef long long run_hub(self) except -1:
+        global _hub
+        cdef int i, n, e = 0, tmo
+        cdef uint64_t now, data
+        cdef int tag, v
+        cdef Slot s
+        if _greenlet_mod is None:
+            raise RuntimeError("async mode needs the greenlet package (pip install greenlet)")
+        cdef js_ev *evs = <js_ev *>malloc(sizeof(js_ev) * JS_MAX_EVENTS)
+        if evs == NULL:
+            raise MemoryError()
+        free(self.evbuf)
+        self.evbuf = evs
+        self.greenlet_cls = _greenlet_mod.greenlet
+        self.hub_g = _greenlet_mod.getcurrent()
+        self.hub_switch = self.hub_g.switch
+        self.core_run = self._core_run
+        self.slots = []
+        self.appfds = {}
+        self.free_cores = []
+        self.fifo = _deque()
+        self.pending = []
+        self.runq = []
+        self.timers = []
+        self.pool = []
+        self.pfd = -1
+        self.timeout_ns = <uint64_t>(self.cfg.socket_timeout * 1e9)
+        if self.max_cores < 1:
+            raise ValueError("async mode needs at least 1 core")
+        _hub = self
+        try:
+            self.setup()
+            self.pfd = js_poller_new()
+            if self.pfd < 0:
+                raise OSError(errno, os.strerror(errno))
+            self.listen_on()
+            self.last_sweep = js_monotonic_ns()
+            while True:
+                PyErr_CheckSignals()
+                if self.accepting and (_stop or (self.cfg.max_requests
+                                                 and self.served >= self.cfg.max_requests)):
+                    self.stop_accepting()
+                if not self.accepting and self.busy == 0 and not self.fifo:
+                    break
+                tmo = self.next_timeout()
+                with nogil:
+                    n = js_poller_wait(self.pfd, evs, JS_MAX_EVENTS, tmo)
+                    if n < 0:
+                        e = errno
+                if n < 0:
+                    if e == EINTR:
+                        continue
+                    raise OSError(e, os.strerror(e))
+                for i in range(n):
+                    data = evs[i].data
+                    tag = <int>(data >> TAG_SHIFT)
+                    v = <int>(data & FD_MASK)
+                    if tag == TAG_CONN:
+                        if v >= len(self.slots):
+                            continue
+                        obj = self.slots[v]
+                        if obj is None:
+                            continue
+                        s = <Slot>obj
+                        if evs[i].rd:
+                            s.readable = True
+                            if s.wait_ev == W_READ:
+                                self.wake(s, WAKE_READY)
+                            elif s.state == S_IDLE or s.state == S_HEAD:
+                                self.read_head(s)
+                        if evs[i].wr and s.wait_ev == W_WRITE and s.state == S_CORE:
+                            self.wake(s, WAKE_READY)
+                    elif tag == TAG_LISTENER:
+                        if self.accepting:
+                            self.accept_burst(v)
+                    elif tag == TAG_APP:
+                        c = self.appfds.get(v)
+                        if c is not None:
+                            self.wake_app(<AsyncConnection>c, v)
+                now = js_monotonic_ns()
+                if self.timers:
+                    self.fire_timers(now)
+                if self.runq:
+                    self.run_yielded()
+                if self.pending:
+                    self.read_pending()
+                if now - self.last_sweep >= 1000000000:
+                    self.last_sweep = now
+                    self.sweep(now)
+                if self.paused_until and now >= self.paused_until and self.accepting:
+                    self.paused_until = 0
+                    self.listen_on()
+            # graceful end: idle cores return
+            while self.free_cores:
+                self.free_cores.pop().switch(None)
+        finally:
+            _hub = None
+            self.shutdown()
+            self.teardown()
+        return self.served
+
+    cdef int next_timeout(self) except? -1:
+        cdef uint64_t now, due
+        cdef long long ms = 1000
+        if self.runq or self.pending:
+            return 0
+        if self.timers:
+            now = js_monotonic_ns()
+            due = self.timers[0][0]
+            if due <= now:
+                return 0
+            ms = <long long>((due - now) // 1000000) + 1
+            if ms > 1000:
+                ms = 1000
+        if self.paused_until and ms > 100:
+            ms = 100
+        return <int>ms
+
+    cdef int listen_on(self) except -1:
+        cdef int i
+        for i in range(self.nlisten):
+            if js_poller_add(self.pfd, self.fds[i],
+                             (<uint64_t>TAG_LISTENER << TAG_SHIFT) | <uint64_t>i,
+                             JS_P_LISTENER) < 0:
+                raise OSError(errno, os.strerror(errno))
+        self.accepting = True
+        return 0
+
+    cdef int listen_off(self) except -1:
+        cdef int i
+        for i in range(self.nlisten):
+            js_poller_del(self.pfd, self.fds[i], JS_P_LISTENER)
+        return 0
+
+    cdef int stop_accepting(self) except -1:
+        # request_stop() / max-requests: no new connections; idle ones and partial heads are
+        # closed; complete heads (queued) and requests in the cores are finished.
+        cdef Slot s
+        if not self.paused_until:
+            self.listen_off()
+        self.paused_until = 0
+        self.accepting = False
+        for obj in list(self.slots):
+            if obj is not None:
+                s = <Slot>obj
+                if s.state == S_IDLE or s.state == S_HEAD:
+                    self.close_slot(s)
+        return 0
+
+    cdef void shutdown(self):
+        cdef Slot s
+        for obj in self.slots or ():
+            if obj is not None:
+                s = <Slot>obj
+                if s.fd >= 0:
+                    close(s.fd)
+                    s.fd = -1
+                s.state = S_CLOSED
+        self.slots = []
+        if self.pfd >= 0:
+            close(self.pfd)
+            self.pfd = -1
+
+    # -- connections ------------------------------------------------------------------------
+    cdef int accept_burst(self, int i) except -1:
+        cdef char addr[64]
+        cdef int port = 0, fd, k, e
+        cdef Slot s
+        for k in range(64):
+            fd = js_accept(self.fds[i], addr, 64, &port, 1)
+            if fd < 0:
+                e = errno
+                if e == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                if e == EMFILE or e == ENFILE or e == ENOBUFS or e == ENOMEM:
+                    # out of fds: stop listening for 100 ms instead of spinning on the level
+                    self.listen_off()
+                    self.paused_until = js_monotonic_ns() + 100000000
+                    return 0
+                if e == EAGAIN or e == EWOULDBLOCK or e == ECONNABORTED or e == EPROTO:
+                    return 0
+                raise OSError(e, os.strerror(e))
+            if fd > FD_MASK:
+                close(fd)
+                continue
+            self.conn_options(fd)
+            s = Slot.__new__(Slot)
+            s.fd = fd
+            s.idx = i
+            s.kind = self.kinds[i]
+            if addr[0]:
+                s.addr = latin1(addr, strlen(addr))
+                s.port = str(port)
+            else:
+                s.addr = ""
+                s.port = ""
+            s.state = S_IDLE
+            s.readable = True
+            if fd >= len(self.slots):
+                self.slots.extend([None] * (fd + 65 - len(self.slots)))
+            self.slots[fd] = s
+            self.nconns += 1
+            if js_poller_add(self.pfd, fd, (<uint64_t>TAG_CONN << TAG_SHIFT) | <uint64_t>fd,
+                             JS_P_CONN) < 0:
+                self.close_slot(s)
+                continue
+            if self.timeout_ns:
+                s.deadline = js_monotonic_ns() + self.timeout_ns
+            self.read_head(s)
+        return 0
+
+    cdef AsyncConnection activate(self, Slot s):
+        # Give a slot the buffers it needs to receive a head: a pooled AsyncConnection.
+        cdef AsyncConnection c
+        if self.pool:
+            c = <AsyncConnection>self.pool.pop()
+        else:
+            c = AsyncConnection(self)
+        c.fd = s.fd
+        c.kind = s.kind
+        c.base = <dict>self.bases[s.idx]
+        c.remote_addr = s.addr
+        c.remote_port = s.port
+        c.parser.reset()
+        c.parser.proto = PROTO_UWSGI if s.kind == K_UWSGI else PROTO_HTTP
+        c.slot = s
+        s.conn = c
+        return c
+
+    cdef void release(self, Slot s):
+        cdef AsyncConnection c = s.conn
+        if c is None:
+            return
+        s.conn = None
+        c.slot = None
+        c.fd = -1
+        c.resp = None
+        c.g = None
+        if len(self.pool) < 2 * self.max_cores + 64:
+            self.pool.append(c)
+
+    cdef void close_slot(self, Slot s):
+        if s.state == S_CLOSED:
+            return
+        self.release(s)
+        if s.fd >= 0:
+            if s.fd < len(self.slots):
+                self.slots[s.fd] = None
+            close(s.fd)          # also leaves the epoll / kqueue set
+            s.fd = -1
+        s.state = S_CLOSED
+        self.nconns -= 1
+
+    cdef int read_head(self, Slot s) except -1:
+        # The hub receives and parses heads itself; a complete one goes to a core.
+        cdef AsyncConnection c = s.conn
+        cdef RequestParser p
+        cdef Py_ssize_t n
+        if c is None:
+            c = self.activate(s)
+        p = c.parser
+        while True:
+            try:
+                r = p.try_head()
+            except HTTPError as exc:
+                s.exc = exc             # a core answers it (the write may have to wait)
+                return self.dispatch(s)
+            if r == R_HEAD:
+                return self.dispatch(s)
+            if p.state == ST_CLOSED:
+                self.close_slot(s)
+                return 0
+            n = c.fill(True)
+            if n == -1:
+                if p.end == p.start:
+                    self.release(s)     # nothing buffered: an idle connection costs no buffers
+                    s.state = S_IDLE
+                else:
+                    if s.state != S_HEAD and self.timeout_ns:
+                        # a head that has started must be complete within socket-timeout
+                        s.deadline = js_monotonic_ns() + self.timeout_ns
+                    s.state = S_HEAD
+                return 0
+            if n == 0:
+                self.close_slot(s)
+                return 0
+
+    cdef int read_pending(self) except -1:
+        cdef Slot s
+        while self.pending:
+            batch = self.pending
+            self.pending = []
+            for obj in batch:
+                s = <Slot>obj
+                if s.state == S_IDLE or s.state == S_HEAD:
+                    self.read_head(s)
+        return 0
+
+    # -- cores ------------------------------------------------------------------------------
+    cdef int dispatch(self, Slot s) except -1:
+        # FIFO when all cores are busy; else the most recently idle core (its stack is warm).
+        s.state = S_QUEUED
+        s.deadline = 0
+        if self.free_cores:
+            g = self.free_cores.pop()
+        elif self.ncores < self.max_cores:
+            g = self.greenlet_cls(self.core_run, self.hub_g)
+            self.ncores += 1
+        else:
+            self.fifo.append(s)
+            return 0
+        self.busy += 1
+        self.switch_in(g, s)
+        return 0
+
+    cdef int switch_in(self, g, value) except -1:
+        # harakiri slot: "running since" while a core has the CPU, 0 while the hub waits, so
+        # a core stuck in the app is caught and cores suspended in waits are not.
+        cdef uint64_t t
+        if self.slot != NULL:
+            t = js_monotonic_ns()
+            memcpy(self.slot, &t, 8)
+        g.switch(value)
+        if self.slot != NULL:
+            t = 0
+            memcpy(self.slot, &t, 8)
+        return 0
+
+    def _core_run(self, Slot s):
+        # The body of a core greenlet: serve slots until the hub ends it (None).
+        g = _greenlet_mod.getcurrent()
+        while s is not None:
+            self.serve_slot(s, g)
+            if self.fifo:
+                s = <Slot>self.fifo.popleft()
+            else:
+                self.busy -= 1
+                self.free_cores.append(g)
+                s = self.hub_switch()
+
+    cdef int serve_slot(self, Slot s, g) except -1:
+        cdef AsyncConnection c = s.conn
+        cdef int keep = 0
+        s.state = S_CORE
+        c.g = g
+        self.cur = c
+        try:
+            if s.exc is not None:
+                exc = s.exc
+                s.exc = None
+                raise exc
+            keep = c.request_ready()
+        except HTTPError as exc:
+            if c.kind != K_UWSGI:
+                try:
+                    c.send_error(exc.status, exc.reason)
+                except OSError:
+                    pass
+            c.linger_close()
+            keep = 0
+        except OSError:
+            keep = 0
+        if not keep or not self.accepting:
+            self.close_slot(s)
+            return 0
+        c.g = None
+        s.state = S_HEAD
+        if self.timeout_ns:
+            s.deadline = js_monotonic_ns() + self.timeout_ns    # keep-alive idle limit
+        if c.parser.end > c.parser.start:
+            self.pending.append(s)          # pipelined: the hub parses the next head
+        else:
+            self.release(s)
+            s.state = S_IDLE
+            if s.readable:
+                self.pending.append(s)
+        return 0
+
+    cdef int wake(self, Slot s, int why) except -1:
+        s.wait_ev = W_NONE
+        s.deadline = 0
+        return self.switch_in(s.conn.g, why)
+
+    cdef int wake_app(self, AsyncConnection c, int fd) except -1:
+        if not c.app_waiting:
+            return 0
+        c.app_waiting = False
+        c.ready = fd
+        return self.switch_in(c.g, None)
+
+    cdef int fire_timers(self, uint64_t now) except -1:
+        cdef AsyncConnection c
+        while self.timers and <uint64_t>self.timers[0][0] <= now:
+            due, seq, obj, token = _heappop(self.timers)
+            c = <AsyncConnection>obj
+            if c.app_waiting and c.token == token:
+                self.wake_app(c, -1)
+        return 0
+
+    cdef int run_yielded(self) except -1:
+        cdef AsyncConnection c
+        batch = self.runq
+        self.runq = []
+        for obj in batch:
+            c = <AsyncConnection>obj
+            self.switch_in(c.g, None)
+        return 0
+
+    cdef int sweep(self, uint64_t now) except -1:
+        # socket-timeout: idle connections and stalled heads are closed; a core waiting too
+        # long on its client's socket gets a timeout (it raises _ClientGone and closes).
+        cdef Slot s
+        if not self.timeout_ns:
+            return 0
+        for obj in list(self.slots):
+            if obj is None:
+                continue
+            s = <Slot>obj
+            if s.deadline == 0 or s.deadline > now:
+                continue
+            if s.state == S_IDLE or s.state == S_HEAD:
+                self.close_slot(s)
+            elif s.state == S_CORE and s.wait_ev != W_NONE:
+                self.wake(s, WAKE_TIMEOUT)
+        return 0
+
+
+cdef AsyncConnection _current_conn(str what):
+    cdef Hub hub = _hub
+    cdef AsyncConnection c
+    if hub is None:
+        raise RuntimeError("uwsgi.%s() needs async mode (async = N)" % what)
+    g = _greenlet_mod.getcurrent()
+    if g is hub.hub_g:
+        raise RuntimeError("uwsgi.%s() called outside a request" % what)
+    c = hub.cur
+    if c is None or c.g is not g:
+        raise RuntimeError("uwsgi.%s() called outside a request" % what)
+    return c
+
+
+def async_active():
+    """True inside serve_async() (the `uwsgi` module uses the hub's waits then)."""
+    return _hub is not None
+
+
+def async_wait_fd(int fd, bint write=False, double timeout=0.0):
+    """uwsgi.wait_fd_read / wait_fd_write: register; the wait happens at suspend() (or when
+    the app yields its next chunk / returns)."""
+    _current_conn("wait_fd_write" if write else "wait_fd_read").app_wait_fd(
+        fd, JS_P_WRITE if write else JS_P_READ, timeout)
+
+
+def async_sleep(double seconds):
+    """uwsgi.async_sleep: register a timeout (served like a wait, see async_wait_fd)."""
+    cdef AsyncConnection c = _current_conn("async_sleep")
+    if seconds < 0:
+        seconds = 0
+    if c.app_timeout < 0 or seconds < c.app_timeout:
+        c.app_timeout = seconds
+    c.app_pending = True
+
+
+def async_suspend():
+    """uwsgi.suspend: switch to the hub until a registered wait ends (or, with none, once)."""
+    _current_conn("suspend").app_suspend()
+
+
+def async_ready_fd():
+    """uwsgi.ready_fd: the fd that ended the last wait, -1 after a timeout."""
+    return _current_conn("ready_fd").ready
+
+
+def serve_async(listeners, app, ServeConfig cfg=None, int cores=100):
+    """serve() in async mode: at most `cores` requests in the app at once, each in its own
+    greenlet, over one epoll/kqueue loop (uWSGI `async = N` with `greenlet`).  request_stop()
+    stops accepting and finishes the requests in flight, then it returns the number served."""
+    cdef Hub hub
+    if cfg is None:
+        cfg = ServeConfig()
+    if cores < 1:
+        raise ValueError("cores must be >= 1")
+    hub = Hub(listeners, app, cfg)
+    hub.max_cores = cores
+    return hub.run_hub()

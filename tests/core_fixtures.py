@@ -17,6 +17,18 @@ import traceback
 from jailserve import _core
 
 
+# "sync": _core.serve(); "async": _core.serve_async() (the greenlet hub).  Test modules
+# parametrize it with the `core_mode` fixture below (tests run in both modes).
+MODE = "sync"
+ASYNC_CORES = 8
+MODES = ("sync", "async")
+
+
+def set_mode(mode):
+    global MODE
+    MODE = mode
+
+
 def listener(host="127.0.0.1", family=socket.AF_INET):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -32,7 +44,11 @@ def _child(socks, app, cfg_kwargs, setup):
         signal.signal(signal.SIGHUP, lambda *a: _core.request_stop())
         if setup is not None:
             setup()
-        served = _core.serve(socks, app, _core.ServeConfig(**cfg_kwargs))
+        cfg = _core.ServeConfig(**cfg_kwargs)
+        if MODE == "async":
+            served = _core.serve_async(socks, app, cfg, cores=ASYNC_CORES)
+        else:
+            served = _core.serve(socks, app, cfg)
         code = min(served, 200)
     except BaseException:
         traceback.print_exc()

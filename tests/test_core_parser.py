@@ -248,3 +248,123 @@ def test_valid_against_stdlib_parser(path):
         ours[1].decode("latin-1"), ours[2].decode("latin-1"), ours[3].decode("latin-1"))
     assert [(k, v.strip(" \t")) for k, v in std.headers.items()] == [
         (k.decode("latin-1"), v.decode("latin-1")) for k, v in ours[4]]
+
+
+# -- the same corpus through a real server, sync and async (issue 8) ------------------------
+# Each case is sent over loopback to _core.serve() or _core.serve_async() (the greenlet hub
+# reads and parses heads itself, so this is the hub's parse path); the app answers with the
+# environ and the body it read.  Valid: one response per expected request, with that environ
+# and body.  Invalid: the requests before the error are answered, then the error status
+# (HTTP), or the connection is dropped without a byte (uwsgi, as uWSGI).
+
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+
+import core_fixtures  # noqa: E402
+from core_fixtures import connect, read_responses, recv_all, serving  # noqa: E402
+
+
+def corpus_app(env, start_response):
+    body = env["wsgi.input"].read()
+    out = {k: v for k, v in env.items() if type(v) is str}
+    out["__body__"] = body.decode("latin-1")
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(out).encode()]
+
+
+@pytest.fixture(scope="module")
+def corpus_servers():
+    # one server per (mode, protocol, buffer_size, max_headers), started on first use
+    stack = contextlib.ExitStack()
+    started = {}
+
+    def get(mode, exp):
+        key = (mode, exp.get("protocol", "http"), exp.get("buffer_size", 4096),
+               exp.get("max_headers", 100))
+        if key not in started:
+            core_fixtures.set_mode(mode)
+            try:
+                kind = "uwsgi" if key[1] == "uwsgi" else "http11"
+                started[key] = stack.enter_context(serving(
+                    corpus_app, kinds=(kind,), buffer_size=key[2], max_vars=key[3]))[0][0]
+            finally:
+                core_fixtures.set_mode("sync")
+        return started[key]
+
+    with stack:
+        yield get
+
+
+def exchange(port, data):
+    s = connect(port)
+    try:
+        s.sendall(data)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+    except ConnectionResetError:
+        return b""
+    finally:
+        s.close()
+
+
+class _Buffered:
+    def __init__(self, data):
+        self.data = data
+
+    def recv_into(self, b):
+        n = min(len(b), len(self.data))
+        b[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+    def _decref_socketios(self):
+        pass
+
+    def readable(self):
+        return True
+
+
+def parse_all(raw, methods):
+    fake = _Buffered(raw)
+    return read_responses(fake, methods)
+
+
+@pytest.mark.parametrize("mode", core_fixtures.MODES)
+@pytest.mark.parametrize("path", cases("valid"), ids=lambda p: p.stem)
+def test_valid_over_socket(path, mode, corpus_servers):
+    data, exp = load(path)
+    raw = exchange(corpus_servers(mode, exp), data)
+    responses = parse_all(raw, [r.get("method", "GET") for r in exp["requests"]])
+    assert len(responses) == len(exp["requests"])
+    for (status, _, body, _), r in zip(responses, exp["requests"]):
+        assert status == 200
+        if r.get("method") == "HEAD":
+            continue
+        env = json.loads(body)
+        for key, value in r.get("environ", {}).items():
+            assert env[key] == value, key
+        for key in exp.get("absent", []):
+            assert key not in env
+        assert env["__body__"] == r["body"]
+
+
+@pytest.mark.parametrize("mode", core_fixtures.MODES)
+@pytest.mark.parametrize("path", cases("invalid"), ids=lambda p: p.stem)
+def test_invalid_over_socket(path, mode, corpus_servers):
+    data, exp = load(path)
+    raw = exchange(corpus_servers(mode, exp), data)
+    n = exp["requests_before"]
+    if exp.get("protocol") == "uwsgi":
+        assert raw.count(b"HTTP/1.1 200 OK") == n and b"HTTP/1.1 4" not in raw
+        return
+    # an error inside a body (chunked framing) is the answer to that request itself
+    events = []
+    with contextlib.suppress(_core.HTTPError):
+        p = parser(exp)
+        events += p.feed(data)
+        events += p.feed(b"")
+    in_body = n > 0 and events and events[-1][0] != "end"
+    ok = n - 1 if in_body else n
+    responses = parse_all(raw, ["GET"] * (ok + 1))
+    assert [r[0] for r in responses] == [200] * ok + [exp["status"]]

@@ -13,7 +13,16 @@ import warnings
 import pytest
 
 from jailserve import _core
+import core_fixtures
 from core_fixtures import Pipe, connect, read_responses, recv_all, serving, wait_exit
+
+
+@pytest.fixture(autouse=True, params=core_fixtures.MODES)
+def core_mode(request):
+    """Every test here runs against serve() and against serve_async() (issue 8)."""
+    core_fixtures.set_mode(request.param)
+    yield request.param
+    core_fixtures.set_mode("sync")
 
 
 def hello(env, start_response):
