@@ -189,6 +189,7 @@ cdef class Slot:
     cdef bint readable          # a read edge came and no recv has seen EAGAIN since
     cdef uint64_t deadline      # monotonic ns; 0 = none (socket-timeout)
     cdef object exc             # a parse error the hub found, answered by a core
+    cdef int served             # requests begun on it
 
 
 cdef class AsyncConnection(Connection):

@@ -2788,7 +2788,7 @@ cdef class Hub(Server):
                 if self.accepting and (_stop or (self.cfg.max_requests
                                                  and self.served >= self.cfg.max_requests)):
                     self.stop_accepting()
-                if not self.accepting and self.busy == 0 and not self.fifo:
+                if not self.accepting and self.busy == 0 and not self.fifo and self.nconns == 0:
                     break
                 tmo = self.next_timeout()
                 with nogil:
@@ -2881,8 +2881,11 @@ cdef class Hub(Server):
         return 0
 
     cdef int stop_accepting(self) except -1:
-        # request_stop() / max-requests: no new connections; idle ones and partial heads are
-        # closed; complete heads (queued) and requests in the cores are finished.
+        # request_stop() / max-requests: no new connections.  Keep-alive connections idle
+        # after a request are closed (a client retries those); the requests in flight are
+        # finished: in the cores, queued, partly received heads, and connections accepted
+        # whose first request has not arrived yet (closing those is the reload race that
+        # drops a request), each within socket-timeout; each closes after its response.
         cdef Slot s
         if not self.paused_until:
             self.listen_off()
@@ -2891,7 +2894,7 @@ cdef class Hub(Server):
         for obj in list(self.slots):
             if obj is not None:
                 s = <Slot>obj
-                if s.state == S_IDLE or s.state == S_HEAD:
+                if s.state == S_IDLE and s.served > 0:
                     self.close_slot(s)
         return 0
 
@@ -3091,6 +3094,7 @@ cdef class Hub(Server):
         cdef AsyncConnection c = s.conn
         cdef int keep = 0
         s.state = S_CORE
+        s.served += 1
         c.g = g
         self.cur = c
         try:

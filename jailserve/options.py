@@ -234,6 +234,7 @@ PROCESS = _opts(
     O("processes", INT, "number of workers", aliases=("workers",), short="p", default=1),
     O("harakiri", SECONDS, "kill and replace a worker whose request runs longer than this", short="t", default=0),
     O("max-requests", INT, "recycle a worker after this many requests", short="R", default=0),
+    O("max-requests-delta", INT, "add worker id x this to max-requests, so workers are not recycled together", default=0),
     O("reload-mercy", SECONDS, "longest wait for workers to end on reload or shutdown", default=0),
     O("worker-reload-mercy", SECONDS, "longest wait for one worker to finish on a graceful reload", default=60),
     O("die-on-term", FLAG, "SIGTERM shuts down instead of reloading (uWSGI 2.0)"),
@@ -330,7 +331,21 @@ LOCKS = _opts(
     O("thunder-lock", FLAG, "serialise accept() among the workers with a shared lock"),
 )
 
-REGISTRY_TABLES = (CONFIG, PROCESS, SOCKETS, APP, PRIVILEGES, LOGGING, JAIL, HOOKS, LOCKS)
+ASYNC_MAX_CORES = 65536
+
+
+def _check_async(value: int) -> None:
+    if value > ASYNC_MAX_CORES:
+        raise ValueProblem(f"{value} cores is too many (allowed: 0 for sync mode, 1 to {ASYNC_MAX_CORES})")
+
+
+ASYNC = _opts(
+    "async",
+    O("async", INT, "async mode: each worker serves up to N requests at once (cores) on one event loop; 0 = sync", default=0, check=_check_async),
+    O("greenlet", FLAG, "the greenlet suspend engine for async mode (built in; needs async = N); ugreen is taken as the same", aliases=("ugreen",)),
+)
+
+REGISTRY_TABLES = (CONFIG, PROCESS, SOCKETS, APP, PRIVILEGES, LOGGING, JAIL, HOOKS, LOCKS, ASYNC)
 GROUP_ORDER = tuple(table[0].group for table in REGISTRY_TABLES)
 
 
