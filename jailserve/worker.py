@@ -52,7 +52,15 @@ class Worker:
                 return apps.FAILED_APP_CODE
         if self.request_log is not None:
             self.request_log.start(wid)
-        _core.serve(self.listeners, app, self._serve_config(_core, slot))
+        cores = self.config.get("async")
+        if cores:
+            # async mode: the greenlet hub stops accepting on request_stop() and finishes
+            # every request in flight itself (docs/async.md)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, _async_stop)
+            _core.serve_async(self.listeners, app, self._serve_config(_core, slot), cores)
+        else:
+            _core.serve(self.listeners, app, self._serve_config(_core, slot))
         return 0
 
     def _install_signals(self, request_stop) -> None:
@@ -83,6 +91,10 @@ class Worker:
             log=self.request_log,
             status_slot=slot,
         )
+
+
+def _async_stop(signum, frame) -> None:
+    _core.request_stop()
 
 
 def run_forked(worker: Worker, wid: int, slot) -> int:
