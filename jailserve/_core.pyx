@@ -1609,7 +1609,7 @@ cdef class Response:
         cdef int dl
         cdef const char *date
         c.wlen = self.head_lines
-        if self.app_close:
+        if self.app_close or _stop:     # a stop that came while the app ran: say close
             c.keep_alive = False
         if not self.has_cl and not no_body_status(self.status):
             if known_len >= 0:
