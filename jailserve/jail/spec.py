@@ -29,25 +29,40 @@ JAIL_OPTIONS = ("jail", "jail-ip4", "jail-ip6", "jail2", "jail-attach", "jidfile
 
 # jail2 keys that have a Linux meaning, and what they become (docs/jails.md repeats this).
 LINUX_KEYS: dict[str, str] = {
-    "path": "root: the mount namespace's new root (pivot_root)",
-    "name": "name: registered for jail-attach and --jls",
-    "host.hostname": "hostname: set in the new UTS namespace",
-    "ip4.addr": "ip4: addresses on the jail end of a veth pair",
-    "ip6.addr": "ip6: addresses on the jail end of a veth pair",
-    "ip4": "ip4_mode: disable = no IPv4, new = its addresses, inherit = the host's network",
+    "path": "root: the new root (pivot_root; the old root detached); without it the host's tree, "
+            "in a mount namespace of its own with a fresh /proc",
+    "name": "name: the registry entry /run/jailserve/NAME (jail-attach, --jls); the host veth is js-NAME "
+            "when that fits in an interface name (else js-JID)",
+    "host.hostname": "hostname: set in the jail's new UTS namespace",
+    "ip4.addr": "ip4: /32 addresses on the jail end (eth0) of a veth pair, a /32 host route to each",
+    "ip6.addr": "ip6: /128 addresses (no DAD) on the jail end of a veth pair, a /128 host route to each",
+    "ip4": "ip4_mode: disable = no IPv4 address (the family still works on the jail's own loopback), "
+           "new = its addresses, inherit = the host's network namespace (for both families; refused with addresses)",
     "ip6": "ip6_mode: as ip4",
-    "vnet": "vnet: new = own network stack with loopback only (no veth unless addresses)",
-    "persist": "persist: a pause-style init keeps the jail with no process",
-    "allow.sysvipc": "sysvsem/sysvshm/sysvmsg = inherit (the host's IPC namespace)",
-    "sysvsem": "sysv*: new = own IPC namespace, inherit = the host's, disable = none",
+    "vnet": "vnet: no effect of its own: the jail has a new network namespace unless ip4/ip6 = inherit; "
+            "vnet=new with addresses is refused, as by FreeBSD's kernel",
+    "persist": "persist: the init (jid) stays, reaping, with no process left; SIGTERM, SIGINT or SIGQUIT "
+               "to it (or to the keeper) once the master is gone ends the jail; no pdeathsig, so it "
+               "outlives a SIGKILLed keeper",
+    "allow.sysvipc": "sysvsem/sysvshm/sysvmsg = inherit: the host's IPC namespace",
+    "sysvsem": "sysv*: new and disable = a new, empty IPC namespace in which semget/shmget/msgget work "
+               "(FreeBSD's disable gives ENOSYS); inherit (any one of the three) = the host's IPC "
+               "namespace for all three; new mixed with inherit is refused",
     "sysvshm": "as sysvsem",
     "sysvmsg": "as sysvsem",
-    "allow.mount": "allow_mount: CAP_SYS_ADMIN kept for mounts (with enforce_statfs < 2)",
-    "allow.mount.*": "allow_mount_fs: the file system types that may be mounted",
-    "enforce_statfs": "enforce_statfs: 2 hides other mounts (the default), < 2 is needed for mounting",
-    "allow.set_hostname": "allow_set_hostname: CAP_SYS_ADMIN for sethostname inside",
+    "allow.mount": "allow_mount: with enforce_statfs < 2 the jail's root keeps CAP_SYS_ADMIN (of the "
+                   "host's user namespace): any file system type, and sethostname too; with "
+                   "enforce_statfs = 2 no effect",
+    "allow.mount.*": "allow_mount_fs: recorded, not enforced: Linux cannot limit mounting to some file "
+                     "system types; alone (without allow.mount) it grants nothing",
+    "enforce_statfs": "enforce_statfs: only as allow.mount's condition (< 2); the jail sees its own mount "
+                      "namespace whatever the value",
+    "allow.set_hostname": "allow_set_hostname: honoured only when written out as true (CAP_SYS_ADMIN "
+                          "kept, which allows mounting too); FreeBSD's default-on is not copied",
     "allow.raw_sockets": "allow_raw_sockets: CAP_NET_RAW kept",
-    "children.max": "children_max: 0 = no nested namespaces",
+    "children.max": "children_max: 0 (the default) = a seccomp filter refuses user namespaces "
+                    "(CLONE_NEWUSER in unshare/clone: EPERM; clone3: ENOSYS); > 0 = no filter (the "
+                    "number is not a count limit)",
     "devfs_ruleset": "devfs_ruleset: recorded; the Linux /dev is always the minimal one",
 }
 
