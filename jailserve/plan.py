@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import apps, hooks, privileges, sockets
+from . import apps, greenlet_hub, hooks, privileges, sockets
 from .config import Config
 from .errors import ConfigError
 from .jail import backend_for
@@ -22,6 +22,7 @@ class Plan:
     sockets: list[Any]
     hooks: hooks.HookPlan
     app: Any
+    concurrency: greenlet_hub.AsyncPlan
 
     def describe(self) -> list[str]:
         """The start-up steps in the order startup.run carries them out."""
@@ -60,7 +61,8 @@ class Plan:
         hook_steps("post-app")
         workers = cfg.get("processes")
         steps.append(f"fork {workers} worker{'s' if workers != 1 else ''}"
-                     f"{' supervised by the master' if cfg.get('master') else ' (no master)'}")
+                     f"{' supervised by the master' if cfg.get('master') else ' (no master)'}"
+                     f"; {self.concurrency.describe()}")
         return steps
 
 
@@ -70,7 +72,8 @@ def build_plan(config: Config) -> Plan:
     hook_plan = hooks.plan_hooks(config)
     app = apps.plan_app(config)
     privileges.plan_drop(config)          # uid/gid words checked now; names resolve inside the jail
+    concurrency = greenlet_hub.plan_async(config)
     if not socket_specs:
         raise ConfigError("no socket to serve on (allowed: http-socket, http11-socket or socket)",
                           None, "http-socket")
-    return Plan(config, jail, socket_specs, hook_plan, app)
+    return Plan(config, jail, socket_specs, hook_plan, app, concurrency)

@@ -265,9 +265,26 @@ def build_entries(col: Collector, platform: str) -> tuple[list[Entry], dict[str,
             value = opt.parse(item.value)
         except ValueProblem as e:
             raise ConfigError(str(e), item.origin, opt.name) from None
+        if opt.name == "plugin":
+            _check_plugins(col, item)
         entries.append(Entry(opt.name, item.value, value, item.origin, item.key))
         _warn_cli_overridden(col, item, from_cli)
     return entries, placeholders
+
+
+BUILT_IN_PLUGINS = {"python", "python3", "greenlet"}   # python3X too (python311, python312...)
+PLUGIN_INSTEAD = {"gevent": "async = N with greenlet = true", "ugreen": "async = N with greenlet = true",
+                  "asyncio": "async = N with greenlet = true", "http": "http-socket (no router process)"}
+
+
+def _check_plugins(col: Collector, item: Item) -> None:
+    """uWSGI loads plugins by name; jailserve has python and greenlet built in."""
+    for name in filter(None, (w.strip() for w in item.value.split(","))):
+        if name in BUILT_IN_PLUGINS or (name.startswith("python3") and name[7:].isdigit()):
+            continue
+        if name in PLUGIN_INSTEAD:
+            raise ConfigError(f"plugin '{name}' is not available (use {PLUGIN_INSTEAD[name]})", item.origin, "plugin")
+        col.warn(f"plugin '{name}' is not part of jailserve; its options are unknown here", item.origin, "plugin")
 
 
 def _warn_cli_overridden(col: Collector, item: Item, from_cli: dict[str, Item]) -> None:

@@ -59,6 +59,8 @@ CASES = [
     ("chmod-socket-bad", "chmod-socket = 999", [], "chmod-socket", "ini"),
     ("shared-ref-out-of-range", "socket = =3", [], "socket", "ini"),
     ("lock-engine-unknown", "lock-engine = spinlock", [], "lock-engine", "ini"),
+    ("greenlet-without-async", "greenlet = true", [], "greenlet", "ini"),
+    ("plugin-not-available", "plugin = python3,gevent", [], "plugin", "ini"),
     ("cli-unknown-option", "", ["--no-such-option", "1"], "no-such-option", "cli"),
     ("cli-bad-int", "", ["--harakiri", "soon"], "harakiri", "cli"),
     ("include-loop", "include = {tmp}/loop.ini", [], None, ("loop.ini", 2)),
