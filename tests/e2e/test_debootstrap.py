@@ -9,6 +9,14 @@ a lock file, and debootstrap runs in a private mount namespace so that an interr
 leaves no /proc or /sys mounted in the cache.  Without a cached rootfs and with the mirror
 unreachable the test is skipped, saying so.
 
+The app reports its hostname, /etc/debian_version (the rootfs's), whether a host marker
+file is visible (it must not be), its uid and gid (dropped to a user that only the rootfs's
+/etc/passwd knows), the pids it sees (the jail's init, master and two workers), /usr/bin
+(the rootfs's) and the result of a stdlib import made only now.  The server is then
+reloaded (SIGHUP: the master re-executes inside the jail, reading its config from a kept
+directory), asked again, stopped with SIGINT, and nothing of the jail may be left: no
+process, network namespace, veth, route, registry entry, jidfile or mount.
+
 The test never writes to the cache: the jail's root is an overlay (the cached rootfs as
 the lower layer, an upper layer in tmp_path) mounted in a private mount namespace of the
 server's own, so it goes when the server does.  The server (`python -m jailserve`, the
