@@ -416,6 +416,28 @@ def _fd_sockname(fd: int):
         sock.detach()
 
 
+def close_stray(log=print, max_fd: int = 1024) -> list[int]:
+    """After a re-exec adopted its sockets (now non-inheritable): a listening socket still
+    inheritable was the previous image's and is no longer in the config (uWSGI closes those)."""
+    closed = []
+    for fd in range(3, max_fd):
+        name = _fd_sockname(fd)
+        if name is None or not os.get_inheritable(fd):
+            continue
+        log(f"closing inherited socket fd {fd} ({_describe_name(name)}): not in the config any more")
+        os.close(fd)
+        closed.append(fd)
+    return closed
+
+
+def _describe_name(name) -> str:
+    family, where = name
+    if family == socket.AF_UNIX:
+        return where.replace("\0", "@", 1) if where.startswith("\0") else where
+    host, port = where
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
 def unix_paths(specs: list[SocketSpec]) -> list[str]:
     """Filesystem paths of the unix sockets we bind (for vacuum)."""
     return [spec.address.path for spec in specs if spec.is_unix and not spec.address.path.startswith("\0")]

@@ -20,6 +20,11 @@ tests the platform.  The order, with uWSGI's step numbers:
   36  fork workers; the master supervises (or, without `master` and one process, serve here)
 
 Steps 3-6 are skipped on a reload (re-exec, issue 7): the process is already in the jail.
+On a reload the listening sockets (shared ones too) are taken from the inherited fds first
+(sockets.find_inherited: matched by bound address, as uWSGI); `reexec()` is the master's
+reload action: back to the original cwd, sockets kept open across exec, UWSGI_RELOADS + 1,
+exec binary-path (default: this interpreter -m jailserve) with the original arguments.
+docs/reload.md has the whole flow.
 """
 from __future__ import annotations
 
@@ -33,8 +38,9 @@ import sys
 # them the interpreter's own files may no longer be readable (a jail without the stdlib, a
 # uid that cannot read the install).
 from . import __version__, apps, hooks, locks, log, privileges, sockets, uwsgi_compat
+from . import master as master_mod
 from .apps import AppLoadError
-from .master import Master, MasterConfig, StatusSlots
+from .master import RELOAD_ENV, Master, MasterConfig, ReloadReport, StatusSlots
 from .privileges import DropError
 from .worker import Worker, run_forked
 
@@ -63,13 +69,20 @@ class _Deferred:
         self.seen.append(signum)
 
 
+RELOADS_ENV = "UWSGI_RELOADS"
+
+
 def run(plan) -> int:
     """Start the instance described by `plan`; returns the process's exit code."""
     config = plan.config
     drop = privileges.plan_drop(config)          # pure; bad values are ConfigErrors
     deferred = _Deferred()
+    # a re-exec blocked them so that none could kill the new image before the recorder is in
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)
     try:
         return _run(plan, config, drop, deferred)
+    except ExitOnReload:
+        return 0
     except (AppLoadError, DropError, hooks.HookFailed, StartupError) as exc:
         log.emit(f"jailserve: {exc}")
         return apps.FAILED_APP_CODE if isinstance(exc, AppLoadError) else 1
@@ -80,13 +93,22 @@ def run(plan) -> int:
 
 def _run(plan, config, drop, deferred) -> int:
     first = not config.is_reload
+    cwd = os.getcwd()                  # where a re-exec goes back to (uWSGI: the original cwd)
+    inherited = _adopt_inherited(plan) if not first else {}
     apps.apply_env(plan.app)
     hooks.run_phase(plan.hooks, "asap", log.emit)
-    log.setup_logto(config.get("logto"))
+    if first or plan.jail is None:       # in a jail the file is outside: fds 1/2 still point at it
+        log.setup_logto(config.get("logto"))
     _banner(config)
     cleanup = Cleanup(config)
     shared: list = []
-    if first:
+    if not first:
+        shared = _inherited_shared(plan, inherited)
+        if plan.jail is None and config.get("pidfile") and config.get("vacuum"):
+            cleanup.paths.append(os.path.abspath(config.get("pidfile")))    # written by the first start
+        log.emit(f"reload {os.environ.get(RELOADS_ENV)} of this instance (pid {os.getpid()}): "
+                 "pidfile, shared sockets, pre-jail hooks and the jail are kept from the first start")
+    else:
         cleanup.write_pidfile("pidfile")
         shared = sockets.bind_shared(plan.sockets, log.emit)
         hooks.run_phase(plan.hooks, "pre-jail", log.emit)
@@ -100,15 +122,38 @@ def _run(plan, config, drop, deferred) -> int:
     if not bind_first:
         _drop(plan, drop)
     _chdir(plan.app)
-    inherited = sockets.find_inherited(plan.sockets) if not first else {}
     listeners = sockets.bind_listeners(plan.sockets, shared, inherited, log.emit)
+    if not first:
+        sockets.close_stray(log.emit)
     cleanup.add_unix_sockets(plan.sockets)
     if bind_first:
         _drop(plan, drop)
     cleanup.write_pidfile("pidfile2")
     if not listeners:
         raise StartupError("no socket to serve on (set http-socket, http11-socket or socket)")
-    return _serve(plan, config, listeners, cleanup, deferred)
+    return _serve(plan, config, listeners, shared, cleanup, deferred, cwd)
+
+
+def _adopt_inherited(plan) -> dict:
+    """A re-exec: the listening fds the previous image left open, by address, made
+    non-inheritable again at once (hook commands must not get them)."""
+    found = sockets.find_inherited(plan.sockets)
+    for sock in found.values():
+        sock.set_inheritable(False)
+    return found
+
+
+def _inherited_shared(plan, inherited: dict) -> list:
+    shared = []
+    for spec in plan.sockets:
+        if spec.shared:
+            sock = inherited.pop(spec.address.raw, None)
+            if sock is None:                 # a shared-socket added to the config since
+                sock = sockets.bind_one(spec, log.emit)
+            else:
+                log.emit(f"shared-socket {spec.index} inherited address {spec.address.raw} fd {sock.fileno()}")
+            shared.append(sock)
+    return shared
 
 
 def _banner(config) -> None:
@@ -145,7 +190,7 @@ def _chdir(app_spec) -> None:
         log.emit(f"chdir() to {app_spec.chdir}")
 
 
-def _serve(plan, config, listeners, cleanup, deferred) -> int:
+def _serve(plan, config, listeners, shared, cleanup, deferred, cwd) -> int:
     processes = config.get("processes")
     use_master = config.get("master") or processes > 1
     locks.setup(config)                   # semaphores made after the drop belong to uid
@@ -153,7 +198,8 @@ def _serve(plan, config, listeners, cleanup, deferred) -> int:
     uwsgi_compat.install(config, processes, os.getpid() if use_master else 0)
     apps.prepare_paths(plan.app)
     app = None if plan.app.lazy else _load_app(plan)
-    slots = StatusSlots(processes)        # shared with every worker: harakiri and `req: R/T`
+    # shared with every worker: harakiri and `req: R/T`; spare slots for chain reloads
+    slots = StatusSlots(processes, spare=processes)
     worker = Worker(listeners, app, plan.app, config, plan.hooks, hooks.run_phase, slots)
     try:
         if not use_master:
@@ -165,12 +211,74 @@ def _serve(plan, config, listeners, cleanup, deferred) -> int:
         # Objects made so far live for the whole run; freezing them keeps the collector from
         # writing to their pages in every worker, so those pages stay shared (DESIGN §5).
         gc.freeze()
-        mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead)
+        reloaded = ReloadReport.decode(os.environ.pop(RELOAD_ENV, ""))
+        action = None if config.get("lazy") else (
+            lambda report: reexec(config, listeners, shared, cwd, report))
+        mc = MasterConfig.from_config(config, on_worker_exit=locks.release_dead, reload_action=action,
+                                      reloaded=reloaded, on_reopen_logs=lambda: _reopen_logs(config),
+                                      on_pidfiles=cleanup.rewrite_pidfiles)
+        worker.on_ready = master_mod.worker_ready
         master = Master(mc, lambda wid, slot: run_forked(worker, wid, slot), slots)
         master.queue.extend(deferred.seen)       # signals that came during the start-up
         return master.run()
     finally:
         cleanup.run()
+
+
+class ExitOnReload(Exception):
+    """`exit-on-reload`: a reload ends the instance (exit 0, with the usual cleanup)."""
+
+
+def exec_argv(config, cwd: str) -> list[str]:
+    """binary-path (or this interpreter with -m jailserve) and the original arguments, the
+    config files among them made absolute: inside a jail the cwd is not the one they were
+    named from."""
+    files = {os.path.normpath(os.path.join(cwd, f)) for f in config.files}
+    args = [os.path.normpath(os.path.join(cwd, a)) if not a.startswith("-")
+            and os.path.normpath(os.path.join(cwd, a)) in files else a for a in config.argv]
+    binary = config.get("binary-path")
+    return [binary, *args] if binary else [sys.executable, "-m", "jailserve", *args]
+
+
+def reexec(config, listeners, shared, cwd: str, report: ReloadReport) -> None:
+    """The master's reload action (UWSGI_SEMANTICS §6.3 step 3): returns only if exec failed."""
+    if config.get("exit-on-reload"):
+        log.emit("exit-on-reload: exiting instead of re-executing")
+        raise ExitOnReload()
+    argv = exec_argv(config, cwd)
+    env = dict(os.environ)
+    try:
+        reloads = int(env.get(RELOADS_ENV, "0")) + 1
+    except ValueError:
+        reloads = 1
+    env[RELOADS_ENV] = str(reloads)
+    env[RELOAD_ENV] = report.encode()
+    socks = [sock for sock, _ in listeners] + list(shared)
+    sockets.keep_across_exec(socks)
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+    except OSError:
+        os.chdir("/")                  # inside a jail the host's cwd may not exist
+    log.emit(f"{report.kind} reload: re-executing {' '.join(argv)} (reload {reloads}, "
+             f"keeping {len(socks)} listening sockets)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)   # pending across exec, not lost
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sock in socks:
+            sock.set_inheritable(False)
+        os.chdir(here)
+        log.emit(f"cannot re-execute {argv[0]}: {exc.strerror or exc}")
+
+
+def _reopen_logs(config) -> None:
+    if config.get("logto"):
+        log.setup_logto(config.get("logto"))
+        log.emit("log file reopened")
 
 
 def _load_app(plan):
@@ -214,6 +322,17 @@ class Cleanup:
             f.write(f"{os.getpid()}\n")
         if self.vacuum:
             self.paths.append(os.path.abspath(path))
+
+    def rewrite_pidfiles(self) -> None:
+        """Master FIFO 'P': write the pidfiles again (where this process can)."""
+        for option in ("pidfile", "pidfile2"):
+            try:
+                path = self.config.get(option)
+                if path:
+                    with open(path, "w") as f:
+                        f.write(f"{os.getpid()}\n")
+            except OSError as exc:
+                log.emit(f"{option}: {exc.strerror or exc}")
 
     def run(self) -> None:
         if os.getpid() != self.pid:

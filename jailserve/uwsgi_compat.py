@@ -57,6 +57,18 @@ def masterpid() -> int:
     return _master_pid
 
 
+def reload() -> bool:
+    """uwsgi.reload(): ask the master for a graceful reload (as SIGHUP does).  False without a
+    master (uWSGI returns None there; nothing would re-exec)."""
+    import os
+    import signal
+
+    if not _master_pid:
+        return False
+    os.kill(_master_pid, signal.SIGHUP)
+    return True
+
+
 def lock(n: int = 0) -> None:
     locks.lock(n)
 

@@ -193,7 +193,7 @@ def test_worker_that_ignores_the_stop_is_killed_after_the_mercy(runs):
     pid = wait_for(lambda: run.pids(1) and run.pids(1)[0], "worker")
     os.kill(run.pid, signal.SIGINT)
     assert run.wait_exit() == 0
-    assert f"worker 1 (pid: {pid}) did not stop in time, sending SIGKILL" in run.text()
+    assert f"worker 1 (pid: {pid}) did not stop in time (reload-mercy), sending SIGKILL" in run.text()
     assert not alive(pid)
 
 

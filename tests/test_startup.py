@@ -45,12 +45,17 @@ def servers():
         p.wait()
 
 
+def _log_of(p) -> bytes:
+    return Path(p.logfile).read_bytes()
+
+
 def start(servers, workdir, *argv, env=None):
     log = open(workdir / "server.log", "ab")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("UWSGI_")}
     full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
     p = subprocess.Popen([sys.executable, "-m", "jailserve", *argv], cwd=workdir, env=full_env,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p.logfile = workdir / "server.log"
     servers.append(p)
     return p
 
@@ -71,10 +76,17 @@ def wait_port(p, port, workdir):
         assert p.poll() is None, (workdir / "server.log").read_text()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2):
-                return
+                break
         except OSError:
             time.sleep(0.05)
-    raise AssertionError("server did not start")
+    else:
+        raise AssertionError("server did not start")
+    # the port accepts (the kernel's backlog) before the app hooks ran and before the master
+    # handles SIGINT (before, it is Python's KeyboardInterrupt): wait for the start to end
+    ready = b"spawned jailserve worker" if "--master" in p.args else b"ready in the"
+    while ready not in _log_of(p):
+        assert p.poll() is None and time.monotonic() < deadline, (workdir / "server.log").read_text()
+        time.sleep(0.02)
 
 
 def free_port():

@@ -5,6 +5,7 @@ import http.client
 import os
 import signal
 import socket
+import time
 
 from jailserve import apps
 from jailserve.config import load_config
@@ -63,6 +64,11 @@ def test_worker_serves_counts_in_its_slot_logs_and_stops_on_sighup(tmp_path):
     try:
         assert get(port) == (200, b"Hello, World!")
         assert get(port, "/x?y") == (200, b"Hello, World!")
+        # the loop marks the slot idle after its write and close(): the response can arrive
+        # first, so poll until a generous deadline (a liveness bound, not a timing check)
+        deadline = time.monotonic() + 30
+        while slots.read(1) != (0, 2) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert slots.read(1) == (0, 2)          # idle, two requests done
     finally:
         os.kill(pid, signal.SIGHUP)

@@ -10,11 +10,13 @@ when an assertion failed half-way.  Unix sockets and pidfiles live in the test's
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -167,3 +169,90 @@ def serve(tmp_path):
     yield start
     for server in started:
         server.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# the reload load client (tests/e2e/test_reload*.py, bench/reload): several threads send
+# requests continuously and check every response's body, not only that one came back.
+# Each request asks /echo?<thread>-<n> and expects exactly `<version>:<thread>-<n>`, the
+# version one of `versions`; anything else (an exception, a reset, a short or wrong body, a
+# status other than 200) is a failure, recorded with what went wrong.  `stall` is the
+# longest time between two completed requests of one thread.  As a program
+# (`python e2e_support.py HOST PORT STOPFILE VERSIONS...`) it runs until STOPFILE exists and
+# prints a JSON summary, so the same client runs inside a network namespace.
+
+
+class Load:
+    def __init__(self, host: str, port: int, threads: int = 4, timeout: float = 30.0,
+                 family: int = socket.AF_INET):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.versions: set[str] = {"v1"}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.seen: dict[str, int] = {}
+        self.stall = 0.0
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def start(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def finish(self, bound: float = 60.0) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(bound)
+            assert not t.is_alive(), "a client thread did not finish"
+
+    def _run(self, i: int) -> None:
+        n = 0
+        last = time.monotonic()
+        while not self.stop.is_set():
+            n += 1
+            tag = f"{i}-{n}"
+            problem = None
+            version = None
+            try:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                try:
+                    conn.request("GET", f"/echo?{tag}")
+                    resp = conn.getresponse()
+                    body = resp.read().decode("latin-1")
+                finally:
+                    conn.close()
+                version, _, got = body.partition(":")
+                if resp.status != 200 or got != tag:
+                    problem = f"{tag}: status {resp.status} body {body[:80]!r}"
+                elif version not in self.versions:
+                    problem = f"{tag}: unexpected version {version!r}"
+            except Exception as exc:  # noqa: BLE001 -- every kind of failure is counted, none hidden
+                problem = f"{tag}: {type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            with self.lock:
+                self.stall = max(self.stall, now - last)
+                last = now
+                if problem:
+                    self.failures.append(problem)
+                else:
+                    self.ok += 1
+                    self.seen[version] = self.seen.get(version, 0) + 1
+
+    def summary(self) -> dict:
+        return {"ok": self.ok, "failed": len(self.failures), "failures": self.failures[:20],
+                "longest_stall_s": round(self.stall, 3), "versions": self.seen}
+
+
+if __name__ == "__main__":
+    import os
+
+    host, port, stopfile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    load = Load(host, port)
+    load.versions = set(sys.argv[4:]) or {"v1"}
+    load.start()
+    deadline = time.monotonic() + 300          # a liveness bound: the caller forgot the file
+    while not os.path.exists(stopfile) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    load.finish()
+    print(json.dumps(load.summary()))
