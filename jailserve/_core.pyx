@@ -2648,6 +2648,10 @@ cdef class AsyncConnection(Connection):
         while True:
             n = recv(self.fd, dst, room, 0)
             if n > 0:
+                if n < room:
+                    # a short read emptied the socket: whatever comes next brings a new edge,
+                    # so no extra recv (that would only see EAGAIN) is needed to re-arm
+                    self.slot.readable = False
                 return n
             if n == 0:
                 if idle:
@@ -3038,14 +3042,15 @@ cdef class Hub(Server):
                 return 0
 
     cdef int read_pending(self) except -1:
+        # One batch per loop turn: a connection that keeps its next request ready must not
+        # starve those whose events wait in the poller (fairness, issue 8 §4).
         cdef Slot s
-        while self.pending:
-            batch = self.pending
-            self.pending = []
-            for obj in batch:
-                s = <Slot>obj
-                if s.state == S_IDLE or s.state == S_HEAD:
-                    self.read_head(s)
+        batch = self.pending
+        self.pending = []
+        for obj in batch:
+            s = <Slot>obj
+            if s.state == S_IDLE or s.state == S_HEAD:
+                self.read_head(s)
         return 0
 
     # -- cores ------------------------------------------------------------------------------
