@@ -16,7 +16,6 @@ import traceback
 
 from jailserve import _core
 
-
 # "sync": _core.serve(); "async": _core.serve_async() (the greenlet hub).  Test modules
 # parametrize it with the `core_mode` fixture below (tests run in both modes).
 MODE = "sync"

@@ -10,14 +10,15 @@ import socket
 import threading
 import time
 
+import core_fixtures
 import pytest
+from core_fixtures import Pipe, connect, read_responses, recv_all, serving, wait_exit
 
-from jailserve import _core, uwsgi_compat as uwsgi
+from jailserve import _core
+from jailserve import uwsgi_compat as uwsgi
 from jailserve.config import load_config
 from jailserve.errors import ConfigError
 from jailserve.greenlet_hub import plan_async
-import core_fixtures
-from core_fixtures import Pipe, connect, read_responses, recv_all, serving, wait_exit
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def concurrently(n, fn):
     def run(i):
         try:
             out[i] = fn(i)
-        except Exception as exc:       # reported below, not swallowed
+        except Exception as exc:  # noqa: BLE001  (reported below, not swallowed)
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]

@@ -13,7 +13,8 @@ import struct
 import sys
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jailserve import _core
 
@@ -257,11 +258,11 @@ def test_valid_against_stdlib_parser(path):
 # and body.  Invalid: the requests before the error are answered, then the error status
 # (HTTP), or the connection is dropped without a byte (uwsgi, as uWSGI).
 
-import contextlib  # noqa: E402
-import socket  # noqa: E402
+import contextlib
+import socket
 
-import core_fixtures  # noqa: E402
-from core_fixtures import connect, read_responses, recv_all, serving  # noqa: E402
+import core_fixtures
+from core_fixtures import connect, read_responses, recv_all, serving
 
 
 def corpus_app(env, start_response):

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
+from test_locks_support import fork_child, kernel_wait, reap
 
 from jailserve import _core, locks
 from jailserve.config import load_config
-from test_locks_support import fork_child, kernel_wait, reap
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches /proc/PID/wchan")
 

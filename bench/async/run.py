@@ -26,7 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "server"))
-import run as srv  # noqa: E402  bench/server/run.py
+import run as srv
 
 APP = os.path.join(os.path.dirname(HERE), "server", "app.py")
 KEEP = "120"        # idle keep-alive limit for the idle test (seconds), same for every server
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--only", default="")
     args = ap.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))     # children inherit it
     load = srv.LOADS["keep-alive GET hello"]
     results = {}

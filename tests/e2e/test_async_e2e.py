@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-from e2e_support import free_port, serve  # noqa: F401  (serve is the fixture)
+from e2e_support import free_port, serve
 
 serve_fixture = serve
 
