@@ -154,10 +154,16 @@ class GracefulStop:
                 break
             time.sleep(POLL)
         self.request_stop()
-        try:
-            signal.pthread_kill(self.main, signal.SIGHUP)       # break the loop's poll()
-        except (OSError, ValueError):
-            pass
+        # Wake the loop out of its poll() with a signal (EINTR, then it sees the flag).  Once
+        # is not enough: a signal landing just before the loop enters poll() would leave it
+        # asleep for its 1 s slice, so repeat until the process is gone (it exits right
+        # after serve() returns; the handler ignores the repeats).
+        for _ in range(int(60 / POLL)):
+            try:
+                signal.pthread_kill(self.main, signal.SIGHUP)
+            except (OSError, ValueError):
+                return
+            time.sleep(POLL * 4)
 
     def _connections(self) -> int:
         """Accepted sockets open in this process: a stream socket, not listening, whose local
