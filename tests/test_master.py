@@ -283,3 +283,60 @@ def test_total_keeps_the_requests_of_dead_workers():
     assert slots.read(1) == (0, 0) and slots.total() == 8
     struct.pack_into("=QQ", slots.slot(1), 0, 0, 1)
     assert slots.total() == 9
+
+
+def ready_then_idle(run, wid, slot):
+    """A worker that says it is ready (as Worker.run does before serving) and, when told to
+    stop, records how many workers of its wid had said so by then."""
+    from jailserve.master import worker_ready
+
+    stop = []
+
+    def on_stop(*a):
+        ready = len(list(run.dir.glob(f"ready{wid}-*")))
+        (run.dir / f"stopped{wid}-{os.getpid()}").write_text(str(ready))
+        stop.append(1)
+    for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(s, on_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT))
+    run.record(wid)
+    (run.dir / f"ready{wid}-{os.getpid()}").write_text("")
+    worker_ready()
+    while not stop:
+        time.sleep(0.02)
+    return 0
+
+
+def test_chain_reload_from_the_fifo_replaces_each_worker_after_its_successor_is_ready(runs, tmp_path):
+    fifo = str(tmp_path / "fifo")
+    run = runs(ready_then_idle, processes=2, fifos=(fifo,))
+    old = wait_for(lambda: len(run.all_pids()) == 2 and run.all_pids(), "two workers")
+    wait_for(lambda: os.path.exists(fifo), "the fifo")
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(fd, b"c")
+    os.close(fd)
+    wait_for(lambda: "chain reload done" in run.text(), "the chain reload")
+    for pid in old:
+        assert not alive(pid)
+        wid = next(w for w in (1, 2) if pid in run.pids(w))
+        # when it was told to finish, its successor (same wid) had already said ready
+        assert int((run.dir / f"stopped{wid}-{pid}").read_text()) == 2
+    assert len(run.pids(1)) == 2 and len(run.pids(2)) == 2
+    assert alive(run.pid) and "chain reload: worker 1" in run.text()
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait_exit() == 0
+
+
+def test_reload_report_round_trip_and_reload_log_lines(runs):
+    from jailserve.master import ReloadReport
+
+    r = ReloadReport("graceful", 123, in_flight=3, finished=2)
+    assert ReloadReport.decode(r.encode()) == r and ReloadReport.decode("junk") is None
+    assert "requests in flight: 3, finished: 2, interrupted: 1" in r.summary()
+    run = runs(ready_then_idle, processes=1)
+    wait_for(lambda: run.pids(1), "worker")
+    os.kill(run.pid, signal.SIGHUP)
+    wait_for(lambda: "graceful reload done: workers accepting after" in run.text(), "the reload's last line")
+    assert "graceful reload: workers stopped after" in run.text()
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait_exit() == 0

@@ -158,3 +158,42 @@ def test_backlog_above_somaxconn_is_refused(tmp_path):
         with pytest.raises(OSError, match="somaxconn"):
             sockets.bind_listeners(plan("--http-socket", "127.0.0.1:9", "--listen", str(too_big)), [],
                                    log=lambda line: None)
+
+
+def test_close_stray_closes_only_inheritable_listeners():
+    kept = socket.socket()
+    kept.bind(("127.0.0.1", 0))
+    kept.listen(1)                        # non-inheritable (adopted, or our own): kept
+    stray = socket.socket()
+    stray.bind(("127.0.0.1", 0))
+    stray.listen(1)
+    stray.set_inheritable(True)           # what a previous image left and the config dropped
+    plain = socket.socket()               # not listening: never touched
+    plain.set_inheritable(True)
+    lines = []
+    name = stray.getsockname()
+    try:
+        closed = sockets.close_stray(lines.append)
+        assert closed == [stray.fileno()]
+        assert lines == [f"closing inherited socket fd {closed[0]} (127.0.0.1:{name[1]}): "
+                         "not in the config any more"]
+        with pytest.raises(OSError):
+            os.fstat(closed[0])
+        assert kept.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        os.fstat(plain.fileno())
+    finally:
+        stray.detach()
+        kept.close()
+        plain.close()
+
+
+def test_shared_socket_addresses_are_found_for_a_reload():
+    port = free_port()
+    specs = plan("--shared-socket", f"127.0.0.1:{port}", "--http-socket", "=0")
+    shared = sockets.bind_shared(specs, log=lambda line: None)
+    try:
+        found = sockets.find_inherited(specs)
+        assert list(found) == [f"127.0.0.1:{port}"] and found[f"127.0.0.1:{port}"].fileno() == shared[0].fileno()
+        found[f"127.0.0.1:{port}"].detach()
+    finally:
+        shared[0].close()

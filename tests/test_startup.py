@@ -166,3 +166,19 @@ def test_cleanup_vacuums_only_in_the_process_that_made_it(workdir):
     assert pidfile.exists()
     cleanup.run()
     assert not pidfile.exists()
+
+
+def test_exec_argv_keeps_the_arguments_and_makes_config_files_absolute(tmp_path):
+    (tmp_path / "app.ini").write_text("[uwsgi]\nprocesses = 2\n")
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        config = load_config(["app.ini", "--http-socket", "127.0.0.1:9", "--wsgi-file", "app.py"], {})
+    finally:
+        os.chdir(here)
+    argv = startup.exec_argv(config, str(tmp_path))
+    assert argv == [sys.executable, "-m", "jailserve", str(tmp_path / "app.ini"),
+                    "--http-socket", "127.0.0.1:9", "--wsgi-file", "app.py"]
+    config = load_config(["--binary-path", "/opt/bin/jailserve", "--http-socket", "127.0.0.1:9"], {})
+    assert startup.exec_argv(config, "/") == ["/opt/bin/jailserve", "--binary-path", "/opt/bin/jailserve",
+                                                "--http-socket", "127.0.0.1:9"]
