@@ -175,8 +175,8 @@ def test_close_stray_closes_only_inheritable_listeners():
     try:
         closed = sockets.close_stray(lines.append)
         assert closed == [stray.fileno()]
-        assert lines == [f"closing inherited socket fd {closed[0]} (127.0.0.1:{name[1]}): "
-                         "not in the config any more"]
+        assert lines == [(f"closing inherited socket fd {closed[0]} (127.0.0.1:{name[1]}): "
+                          "not in the config any more")]
         with pytest.raises(OSError):
             os.fstat(closed[0])
         assert kept.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
