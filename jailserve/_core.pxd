@@ -204,6 +204,7 @@ cdef class AsyncConnection(Connection):
 
     cdef int wait_conn(self, int ev) except -1
     cdef int app_suspend(self) except -1
+    cdef void app_reset(self)
     cdef int app_wait_fd(self, int fd, int how, double timeout) except -1
 
 

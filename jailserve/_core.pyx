@@ -2715,16 +2715,22 @@ cdef class AsyncConnection(Connection):
             hub.hub_switch()
         finally:
             hub.cur = self
-            self.app_waiting = False
-            self.app_pending = False
-            self.app_timeout = -1.0
-            self.token += 1                 # a timer still in the heap is now stale
-            if self.app_fds:
-                for fd in self.app_fds:
-                    js_poller_del(hub.pfd, <int>fd, JS_P_READ)
-                    hub.appfds.pop(fd, None)
-                self.app_fds = []
+            self.app_reset()
         return 0
+
+    cdef void app_reset(self):
+        # The wait is over (or the request ended with one still registered: an exception
+        # between wait_fd_read and suspend): forget it, so the next request starts clean.
+        cdef Hub hub = self.hub
+        self.app_waiting = False
+        self.app_pending = False
+        self.app_timeout = -1.0
+        self.token += 1                     # a timer still in the heap is now stale
+        if self.app_fds:
+            for fd in self.app_fds:
+                js_poller_del(hub.pfd, <int>fd, JS_P_READ)
+                hub.appfds.pop(fd, None)
+            self.app_fds = []
 
     cdef int app_wait_fd(self, int fd, int how, double timeout) except -1:
         cdef Hub hub = self.hub
@@ -3118,6 +3124,9 @@ cdef class Hub(Server):
             keep = 0
         except OSError:
             keep = 0
+        finally:
+            if c.app_pending or c.app_fds:
+                c.app_reset()
         if not keep or not self.accepting:
             self.close_slot(s)
             return 0

@@ -365,3 +365,64 @@ def test_greenlet_without_async_is_a_config_error(args, option):
 def test_async_cores_bounds():
     with pytest.raises(ConfigError):
         load_config(["--async", "100000000"], {})
+
+
+def test_a_wait_left_registered_by_a_failing_request_does_not_leak(mode):
+    # the app registers a wait and raises before suspend(): 500, and the next request on the
+    # same (pooled) connection buffers is not suspended by the stale wait
+    mode("async", 1)
+
+    def app(env, start_response):
+        if env["PATH_INFO"] == "/fail":
+            r, w = os.pipe()
+            uwsgi.wait_fd_read(r, 30)
+            os.close(r)
+            os.close(w)
+            raise RuntimeError("before suspend")
+        return hello(env, start_response)
+
+    with serving(app, kinds=("http",), errors=open(os.devnull, "w")) as (ports, _):
+        assert get(ports[0], "/fail")[0] == 500
+        for _ in range(3):
+            assert get(ports[0], "/", timeout=10) == (200, b"hello")
+
+
+def test_harakiri_slot_is_busy_only_while_a_core_has_the_cpu(mode):
+    # the worker's status slot (u64 "busy since" ns): 0 while requests only wait (sleeping
+    # is not stuck), set while a request keeps the CPU
+    import mmap
+    import struct
+
+    mode("async", 4)
+    slot = mmap.mmap(-1, 16)
+    pipe = Pipe()
+
+    def app(env, start_response):
+        if env["PATH_INFO"] == "/sleep":
+            pipe.send("sleeping")
+            uwsgi.async_sleep(2)
+            uwsgi.suspend()
+        else:
+            pipe.send("spinning")
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                pass
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    try:
+        with serving(app, kinds=("http",), status_slot=slot) as (ports, _):
+            t = threading.Thread(target=get, args=(ports[0], "/sleep"))
+            t.start()
+            assert pipe.lines(1) == ["sleeping"]
+            time.sleep(0.3)
+            assert struct.unpack_from("=Q", slot, 0)[0] == 0      # waiting, not busy
+            t.join()
+            t = threading.Thread(target=get, args=(ports[0], "/spin"))
+            t.start()
+            assert pipe.lines(1) == ["spinning"]
+            time.sleep(0.3)
+            assert struct.unpack_from("=Q", slot, 0)[0] != 0      # in the app, on the CPU
+            t.join()
+    finally:
+        pipe.close()
