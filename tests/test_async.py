@@ -237,14 +237,14 @@ def test_wait_fd_read_and_async_connect(mode):
     mode("async", 8)
     backend = socket.create_server(("127.0.0.1", 0))
     bport = backend.getsockname()[1]
+    release = threading.Event()             # the backend answers only once the test says so
 
     def serve_backend():
-        for _ in range(2):
-            c, _ = backend.accept()
-            data = c.recv(100)
-            time.sleep(0.5)
-            c.sendall(b"pong:" + data)
-            c.close()
+        c, _ = backend.accept()
+        data = c.recv(100)
+        release.wait(60)
+        c.sendall(b"pong:" + data)
+        c.close()
 
     t = threading.Thread(target=serve_backend, daemon=True)
     t.start()
@@ -275,8 +275,10 @@ def test_wait_fd_read_and_async_connect(mode):
         th = threading.Thread(target=backend_call)
         th.start()
         time.sleep(0.1)
-        for _ in range(5):                       # served while the other one waits
-            assert get(ports[0], "/hello", timeout=0.45) == (200, b"hello")
+        for _ in range(5):                       # served while the other one waits on its fd
+            assert get(ports[0], "/hello", timeout=20) == (200, b"hello")
+        assert th.is_alive()                     # still waiting for the backend
+        release.set()
         th.join()
         assert results["backend"] == (200, b"pong:ping")
     t.join(5)
