@@ -320,8 +320,11 @@ def _app_paths(config) -> tuple[str, ...]:
     import os
 
     paths = [config.get("chdir"), config.get("virtualenv"), *config.get("pythonpath")]
-    # a reload re-execs inside the jail and reads the config files again (issue 7)
-    paths += [os.path.dirname(os.path.abspath(f)) for f in getattr(config, "files", ())]
+    # a reload re-execs inside the jail and reads the config files again (issue 7): their
+    # directory, or (when that directory holds the jail's root, which is never kept) the file
+    # itself; the backend drops a file that its kept directory already covers
+    for f in getattr(config, "files", ()):
+        paths += [os.path.dirname(os.path.abspath(f)), os.path.abspath(f)]
     if config.get("wsgi-file"):
         base = config.get("chdir") or os.getcwd()
         paths.append(os.path.dirname(os.path.join(base, config.get("wsgi-file"))))

@@ -186,3 +186,20 @@ def test_touch_reload_and_touch_chain_reload(serve, tmp_path):
     wait_for(lambda: "graceful reload done" in server.log(), "the touch reload")
     assert f"reload 1 of this instance (pid {server.pid})" in server.log()
     assert server.stop() == 0
+
+
+def test_shutdown_finishes_the_request_in_hand(serve, tmp_path):
+    server, port, _app, _fifo = start(serve, tmp_path)
+    result = {}
+
+    def slow():
+        result["r"] = get(port, "/slow")
+
+    import threading
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: "busy" in _usr1(server), "the slow request to be in a worker")
+    assert server.stop(signal.SIGINT) == 0
+    t.join(60)
+    status, _, body = result["r"]
+    assert status == 200 and body == b"slow-v1-" + b"x" * 200000
