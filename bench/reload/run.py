@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from e2e_support import Load, free_port, session_pids  # noqa: E402
+from e2e_support import Load, free_port, session_pids
 
 APP = '''
 VERSION = "v1"
@@ -123,7 +123,7 @@ def main() -> None:
             work.mkdir()
             results["servers"][name] = run_one(name, args, work)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"| server | reloads | answered right | failed | longest stall |")
+    print("| server | reloads | answered right | failed | longest stall |")
     print("|---|---|---|---|---|")
     for name, phases in results["servers"].items():
         label = "jailserve" if name == "jailserve" else f"uWSGI {version}"
