@@ -475,7 +475,8 @@ class Master:
             old, new = self.chain_step
             successor = self.workers.get(new)
             if successor is None:                    # died before it was ready
-                emit(f"chain reload: the successor of worker pid {old} died; chain reload stopped")
+                emit(f"chain reload: the successor of worker pid {old} died before it was ready; "
+                     "chain reload stopped, the remaining workers keep the code they have")
                 self._end_chain()
                 return
             if not successor.ready:
@@ -675,6 +676,9 @@ class Master:
         if st.retiring:
             emit(f"worker {st.wid} (pid: {st.pid}) {how}; replaced by the chain reload")
             return
+        if self.chain_step is not None and self.chain_step[1] == st.pid:
+            return      # a chain successor that died (a broken new app): _chain_next says so,
+                        # the old workers keep serving
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == FAILED_APP_CODE:
             emit(f"OOPS ! failed loading app in worker {st.wid} (pid {st.pid}) :( shutting down")
             self.exit_code = FAILED_APP_CODE
@@ -685,8 +689,6 @@ class Master:
             if not self.workers:
                 self.state = STOPPING
             return
-        if self.chain_step is not None and self.chain_step[1] == st.pid:
-            return                          # a chain successor that died: _chain_next says so
         self._schedule_respawn(st, status, how)
 
     def _schedule_respawn(self, st: WorkerState, status: int, how: str) -> None:

@@ -203,3 +203,16 @@ def test_shutdown_finishes_the_request_in_hand(serve, tmp_path):
     t.join(60)
     status, _, body = result["r"]
     assert status == 200 and body == b"slow-v1-" + b"x" * 200000
+
+
+def test_a_chain_reload_to_a_broken_app_keeps_the_old_workers_serving(serve, tmp_path):
+    server, port, app, fifo = start(serve, tmp_path, "--lazy-apps")
+    app.write_text("raise RuntimeError('broken deploy')\n")
+    fifo_send(fifo, "c")
+    wait_for(lambda: "chain reload stopped" in server.log(), "the chain reload to give up")
+    assert get(port, "/echo?still")[2] == b"v1:still"
+    assert server.proc.poll() is None
+    write_app(app, "v2")
+    reload_and_wait(server, lambda: fifo_send(fifo, "c"), "chain reload done")
+    assert get(port, "/echo?fixed")[2] == b"v2:fixed"
+    assert server.stop() == 0
