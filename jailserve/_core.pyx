@@ -3247,6 +3247,21 @@ def serve_async(listeners, app, ServeConfig cfg=None, int cores=100):
         cfg = ServeConfig()
     if cores < 1:
         raise ValueError("cores must be >= 1")
+    raise_nofile(cores)
     hub = Hub(listeners, app, cfg)
     hub.max_cores = cores
     return hub.run_hub()
+
+
+cdef int raise_nofile(int cores) except -1:
+    # uWSGI (core/async.c): "async cores set to N" raises RLIMIT_NOFILE to N when it is lower
+    # (each core's request needs its socket), up to the hard limit.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < cores:
+        want = cores if hard == resource.RLIM_INFINITY or cores <= hard else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+    return 0

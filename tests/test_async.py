@@ -428,3 +428,23 @@ def test_harakiri_slot_is_busy_only_while_a_core_has_the_cpu(mode):
             t.join()
     finally:
         pipe.close()
+
+
+def test_rlimit_nofile_is_raised_to_the_cores(mode):
+    # uWSGI raises RLIMIT_NOFILE to `async` when it is lower (up to the hard limit)
+    import resource
+
+    mode("async", 300)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 300:
+        pytest.skip("hard RLIMIT_NOFILE below 300")
+
+    def lower():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    def limit_app(env, start_response):
+        start_response("200 OK", [])
+        return [str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]).encode()]
+
+    with serving(limit_app, kinds=("http",), setup=lower) as (ports, _):
+        assert get(ports[0]) == (200, b"300")
