@@ -435,7 +435,7 @@ def test_rlimit_nofile_is_raised_to_the_cores(mode):
     import resource
 
     mode("async", 300)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 300:
         pytest.skip("hard RLIMIT_NOFILE below 300")
 
