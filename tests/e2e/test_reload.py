@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -216,3 +217,26 @@ def test_a_chain_reload_to_a_broken_app_keeps_the_old_workers_serving(serve, tmp
     reload_and_wait(server, lambda: fifo_send(fifo, "c"), "chain reload done")
     assert get(port, "/echo?fixed")[2] == b"v2:fixed"
     assert server.stop() == 0
+
+
+def test_binary_path_fifo_slots_stats_and_exit_on_reload(serve, tmp_path):
+    marker = tmp_path / "wrapper-ran"
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexec {sys.executable} -m jailserve \"$@\"\n")
+    wrapper.chmod(0o755)
+    second = tmp_path / "fifo1"
+    server, port, _app, fifo = start(serve, tmp_path, "--binary-path", str(wrapper), "--master-fifo", str(second))
+    reload_and_wait(server, lambda: fifo_send(fifo, "r"), "graceful reload done")
+    assert "--binary-path" in marker.read_text()          # the new image came through binary-path
+    assert f"reload 1 of this instance (pid {server.pid})" in server.log()
+    fifo_send(fifo, "1")                                  # from now on the second fifo is read
+    wait_for(lambda: f"master-fifo: now reading {second}" in server.log(), "the fifo slot switch")
+    fifo_send(second, "s")
+    wait_for(lambda: re.search(r"worker 1 \(pid: \d+\) requests: \d+ idle", server.log()), "stats in the log")
+    assert get(port, "/echo?b")[2] == b"v1:b"
+    assert server.stop() == 0
+
+    server, port, _app, fifo = start(serve, tmp_path, "--exit-on-reload")
+    os.kill(server.pid, signal.SIGHUP)
+    assert server.proc.wait(timeout=60) == 0
+    assert "exit-on-reload: exiting instead of re-executing" in server.log()
