@@ -103,21 +103,28 @@ def test_20_sighups_20_chain_reloads_and_new_code_under_load_drop_nothing(serve,
 
 def test_a_slow_request_finishes_with_its_full_body_across_a_reload(serve, tmp_path):
     server, port, _app, _fifo = start(serve, tmp_path)
-    result = {}
-
-    def slow():
-        result["r"] = get(port, "/slow")
-
-    import threading
-    t = threading.Thread(target=slow)
-    t.start()
-    wait_for(lambda: "busy" in _usr1(server), "the slow request to be in a worker")
+    finish = slow_request_in_flight(server, port)
     reload_and_wait(server, lambda: os.kill(server.pid, signal.SIGHUP), "graceful reload done")
-    t.join(60)
-    status, _, body = result["r"]
+    status, _, body = finish()
     assert status == 200 and body == b"slow-v1-" + b"x" * 200000
     assert re.search(r"graceful reload: workers stopped after [0-9.]+ s, requests in flight: 1, finished: 1", server.log())
     assert server.stop() == 0
+
+
+def slow_request_in_flight(server, port: int):
+    """Start GET /slow (2 s in the app) in a thread and wait until a worker is busy with it;
+    returns a function that waits for the response and gives it."""
+    import threading
+
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", get(port, "/slow")))
+    t.start()
+    wait_for(lambda: "busy" in _usr1(server), "the slow request to be in a worker")
+
+    def finish():
+        t.join(60)
+        return result["r"]
+    return finish
 
 
 def _usr1(server) -> str:
@@ -191,18 +198,9 @@ def test_touch_reload_and_touch_chain_reload(serve, tmp_path):
 
 def test_shutdown_finishes_the_request_in_hand(serve, tmp_path):
     server, port, _app, _fifo = start(serve, tmp_path)
-    result = {}
-
-    def slow():
-        result["r"] = get(port, "/slow")
-
-    import threading
-    t = threading.Thread(target=slow)
-    t.start()
-    wait_for(lambda: "busy" in _usr1(server), "the slow request to be in a worker")
+    finish = slow_request_in_flight(server, port)
     assert server.stop(signal.SIGINT) == 0
-    t.join(60)
-    status, _, body = result["r"]
+    status, _, body = finish()
     assert status == 200 and body == b"slow-v1-" + b"x" * 200000
 
 
