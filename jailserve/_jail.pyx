@@ -703,7 +703,15 @@ cdef extern from *:
     #define MS_BIND 0
     #define MS_REC 0
     #define MS_PRIVATE 0
+    #define MS_SHARED 0
+    #define MS_SLAVE 0
+    #define MS_NOATIME 0
+    #define MS_MOVE 0
+    #define MS_SYNCHRONOUS 0
+    #define MS_DIRSYNC 0
+    #define MS_MANDLOCK 0
     #define MNT_DETACH 0
+    #define MNT_FORCE 0
     #define AT_RECURSIVE 0
     static int js_ns_enosys(void) { errno = ENOSYS; return -1; }
     static int js_ns_unshare(int f) { (void)f; return js_ns_enosys(); }
@@ -730,7 +738,8 @@ cdef extern from *:
     int JS_HAVE_LINUX_NS
     int CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET
     unsigned long MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE
-    int MNT_DETACH
+    unsigned long MS_SHARED, MS_SLAVE, MS_NOATIME, MS_MOVE, MS_SYNCHRONOUS, MS_DIRSYNC, MS_MANDLOCK
+    int MNT_DETACH, MNT_FORCE
     unsigned int AT_RECURSIVE
     int js_ns_unshare(int flags)
     int js_ns_setns(int fd, int nstype)
@@ -753,7 +762,9 @@ NS_CONSTANTS = {"CLONE_NEWNS": CLONE_NEWNS, "CLONE_NEWUTS": CLONE_NEWUTS, "CLONE
                 "CLONE_NEWPID": CLONE_NEWPID, "CLONE_NEWNET": CLONE_NEWNET}
 MOUNT_FLAGS = {"MS_RDONLY": MS_RDONLY, "MS_NOSUID": MS_NOSUID, "MS_NODEV": MS_NODEV, "MS_NOEXEC": MS_NOEXEC,
                "MS_REMOUNT": MS_REMOUNT, "MS_BIND": MS_BIND, "MS_REC": MS_REC, "MS_PRIVATE": MS_PRIVATE,
-               "MNT_DETACH": MNT_DETACH, "AT_RECURSIVE": AT_RECURSIVE}
+               "MS_SHARED": MS_SHARED, "MS_SLAVE": MS_SLAVE, "MS_NOATIME": MS_NOATIME, "MS_MOVE": MS_MOVE,
+               "MS_SYNCHRONOUS": MS_SYNCHRONOUS, "MS_DIRSYNC": MS_DIRSYNC, "MS_MANDLOCK": MS_MANDLOCK,
+               "MNT_DETACH": MNT_DETACH, "MNT_FORCE": MNT_FORCE, "AT_RECURSIVE": AT_RECURSIVE}
 # mount_setattr(2) attribute bits (linux/mount.h), the same on every architecture
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2

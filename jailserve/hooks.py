@@ -166,12 +166,13 @@ def _flag_bits(words: str, table: dict[str, str | None]) -> int:
         if word not in table:
             raise HookFailed(f"unknown flag '{word}' (allowed: {', '.join(sorted(table))})")
         if table[word]:
-            bits |= getattr(_jail, table[word])
+            bits |= _jail.MOUNT_FLAGS[table[word]]
     return bits
 
 
 def act_mount(args: str) -> None:
-    """mount:FSTYPE SOURCE TARGET [FLAGS [DATA]] through mount(2)."""
+    """mount:FSTYPE SOURCE TARGET [FLAGS [DATA]] through mount(2) (Linux; on FreeBSD the call
+    fails with ENOSYS: use exec:mount -t ... there)."""
     from . import _jail
 
     words = args.split(None, 4)
@@ -220,16 +221,13 @@ def _parse_hook(phase: str, option: str, raw: str, origin: Origin) -> Hook:
 
 
 def plan_hooks(config) -> HookPlan:
-    """Every hook of every phase, in config order, checked before anything runs."""
-    phases: dict[str, list[Hook]] = {phase: [] for phase in HOOK_PHASES}
-    for entry in config.entries:
-        kind, _, phase = entry.name.partition("-")
-        if phase not in phases or kind not in ("exec", "hook"):
-            continue
-        if kind == "exec":
-            phases[phase].append(Hook(phase, "exec", entry.value, entry.origin, entry.name))
-        else:
-            phases[phase].append(_parse_hook(phase, entry.name, entry.value, entry.origin))
+    """Every hook of every phase, checked before anything runs.  Within a phase uWSGI runs
+    the hook-<phase> actions first, then the exec-<phase> commands, each in config order."""
+    phases: dict[str, list[Hook]] = {}
+    for phase in HOOK_PHASES:
+        hooks = [_parse_hook(phase, e.name, e.value, e.origin) for e in config.entries_for(f"hook-{phase}")]
+        hooks += [Hook(phase, "exec", e.value, e.origin, e.name) for e in config.entries_for(f"exec-{phase}")]
+        phases[phase] = hooks
     return HookPlan({phase: tuple(hooks) for phase, hooks in phases.items()})
 
 
