@@ -81,6 +81,26 @@ def is_locked(n: int = 0) -> bool:
     return locks.is_locked(n)
 
 
+# -- what uwsgidecorators uses at import and in its @lock decorator --------------------------
+# jailserve has no spooler and no mules: every process is the master or a worker.
+
+_mule_msg_hook = None
+
+
+def i_am_the_spooler() -> bool:
+    return False
+
+
+def mule_id() -> int:
+    return 0
+
+
+def install_mule_msg_hook(hook) -> None:
+    """Kept for uwsgidecorators' import; no mule ever sends a message here."""
+    global _mule_msg_hook
+    _mule_msg_hook = hook
+
+
 # -- async mode (issue 8; UWSGI_SEMANTICS §11, docs/async.md) ------------------------------
 # In async mode (`async = N`) these go to the greenlet hub in _core: wait_fd_read/write and
 # async_sleep register a wait, and the request's greenlet waits at uwsgi.suspend() (or, as
