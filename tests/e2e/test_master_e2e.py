@@ -59,7 +59,8 @@ def test_harakiri_kills_a_sleeping_request(serve):
     t.join(WAIT)
     assert failure, "the sleeping request was not cut off by harakiri"
     assert f"*** HARAKIRI ON WORKER 1 (pid: {stuck}, try: 1) ***" in server.log()
-    assert not process_alive(stuck)
+    # the client sees the connection close as the SIGKILL lands; the process is gone a moment later
+    wait_for(lambda: not process_alive(stuck), "the killed worker to be gone")
     assert get(port)[0] == 200                  # the replacement serves
     assert server.stop() == 0
 
