@@ -1888,7 +1888,9 @@ cdef class Connection:
                 return 0
             else:
                 raise _ClientGone(e, os.strerror(e))
-            if idle and _stop and p.end == p.start:
+            # A stop ends a connection only between its requests: one just accepted has been
+            # taken from the backlog, and its client is owed an answer (the reload race).
+            if idle and _stop and p.end == p.start and self.requests > 0:
                 return -1
 
     cdef bytes read_direct(self, Py_ssize_t want):

@@ -3,8 +3,8 @@
 The master forks, then calls `Worker.run(wid, slot)` in the child with HUP/INT/TERM/QUIT
 blocked (so no signal can hit the child before it has its own handlers).  The worker:
   1. installs its handlers and unblocks: SIGHUP/SIGINT/SIGTERM/SIGQUIT all stop it
-     gracefully (GracefulStop below: no new connection, the one in hand is served to its
-     end, then _core's loop returns; the master escalates to SIGKILL after its mercy);
+     gracefully (no new connection, the one in hand is served to its end, then _core's
+     loop returns; the master escalates to SIGKILL after its mercy);
   2. with lazy-apps, runs pre-app hooks, loads the app, runs post-app hooks (uWSGI step 37);
   3. tells the master it is ready (`on_ready`: a chain reload waits for it), then runs
      `_core.serve()` on the inherited listening sockets until stop or max-requests
@@ -20,10 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import sys
-import threading
-import time
 import traceback
 
 from . import _core, apps, log, uwsgi_compat
@@ -50,7 +47,7 @@ class Worker:
     def run(self, wid: int, slot) -> int:
         """The worker's life; returns the exit code (apps.FAILED_APP_CODE when the app fails)."""
         self.wid = wid
-        self._install_signals(GracefulStop(self.listeners, slot, _core.request_stop))
+        self._install_signals(_graceful_stop)
         uwsgi_compat.set_worker_id(wid)
         app = self.app
         if app is None:
@@ -66,9 +63,7 @@ class Worker:
         cores = self.config.get("async")
         if cores:
             # async mode: the greenlet hub stops accepting on request_stop() and finishes
-            # every request in flight itself (docs/async.md)
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, _async_stop)
+            # every request in flight itself (docs/async.md); the same handlers apply
             _core.serve_async(self.listeners, app, self._serve_config(_core, slot), cores)
         else:
             _core.serve(self.listeners, app, self._serve_config(_core, slot))
@@ -106,119 +101,10 @@ def _max_requests(config, wid: int) -> int:
     return limit + wid * config.get("max-requests-delta") if limit else 0
 
 
-SLOT = struct.Struct("=QQ")
-POLL = 0.005            # how often a stopping worker looks whether its connection is done
-
-
-class GracefulStop:
-    """The stop signals' handler: finish the connection in hand, take no new one.
-
-    `_core.request_stop()` alone would also end a connection that was accepted but whose
-    request bytes have not arrived yet (the loop reads it as an idle connection), and that
-    client would see its connection closed with no answer: the classic reload race.  So the
-    handler first replaces, in this process only, each listening fd by a listening socket
-    nobody can connect to (dup2: the master and the other workers keep the real one, the
-    kernel keeps queueing on it), so no further connection can be accepted here; a thread
-    then watches the fds and calls request_stop() once no accepted connection is open (or
-    the one open is an idle keep-alive one that has served a request since the signal), and
-    wakes the loop with a signal.  Idempotent: later stop signals change nothing.
-    """
-
-    def __init__(self, listeners, slot, request_stop):
-        self.listeners = listeners
-        self.slot = slot
-        self.request_stop = request_stop
-        self.started = False
-        self.main = threading.get_ident()
-        self.local = [_local_name(sock) for sock, _ in listeners]
-
-    def __call__(self, signum, frame) -> None:
-        if self.started:
-            return
-        self.started = True
-        for sock, _ in self.listeners:
-            dummy = _unreachable_listener()
-            os.dup2(dummy.fileno(), sock.fileno(), inheritable=False)
-            dummy.close()
-        done0 = self._slot()[1]
-        threading.Thread(target=self._watch, args=(done0,), daemon=True).start()
-
-    def _slot(self) -> tuple[int, int]:
-        return SLOT.unpack_from(self.slot, 0) if self.slot is not None else (0, 0)
-
-    def _watch(self, done0: int) -> None:
-        while True:
-            held = self._connections()
-            start, done = self._slot()
-            if not held or (start == 0 and done > done0 and held <= 1):
-                break
-            time.sleep(POLL)
-        self.request_stop()
-        # Wake the loop out of its poll() with a signal (EINTR, then it sees the flag).  Once
-        # is not enough: a signal landing just before the loop enters poll() would leave it
-        # asleep for its 1 s slice, so repeat until the process is gone (it exits right
-        # after serve() returns; the handler ignores the repeats).
-        for _ in range(int(60 / POLL)):
-            try:
-                signal.pthread_kill(self.main, signal.SIGHUP)
-            except (OSError, ValueError):
-                return
-            time.sleep(POLL * 4)
-
-    def _connections(self) -> int:
-        """Accepted sockets open in this process: a stream socket, not listening, whose local
-        address is one of our listeners' (the app's own client sockets have other ports)."""
-        n = 0
-        for fd in _open_fds():
-            try:
-                sock = socket.socket(fileno=fd)
-            except OSError:
-                continue
-            try:
-                if sock.type != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    continue
-                if _local_name(sock) in self.local:
-                    n += 1
-            except OSError:
-                pass
-            finally:
-                sock.detach()
-        return n
-
-
-def _local_name(sock):
-    try:
-        name = sock.getsockname()
-    except OSError:
-        return None
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        return (sock.family, name[1])            # a wildcard listener's connections have its port
-    return (sock.family, name)
-
-
-def _open_fds() -> list[int]:
-    try:
-        return [int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
-    except OSError:
-        import resource
-        return list(range(3, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 4096)))
-
-
-def _unreachable_listener() -> socket.socket:
-    """A non-blocking listening socket no client can reach: an autobound abstract unix socket
-    on Linux, else TCP on loopback with a kernel-chosen port and a backlog of zero."""
-    if sys.platform.startswith("linux"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind("")
-    else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-    sock.listen(0)
-    sock.setblocking(False)
-    return sock
-
-
-def _async_stop(signum, frame) -> None:
+def _graceful_stop(signum, frame) -> None:
+    """A stop signal in a worker: take no new connection, finish what is in hand.  The sync
+    loop serves a connection it has accepted even when the stop comes before its request
+    (the reload race); the greenlet hub finishes every request in flight."""
     _core.request_stop()
 
 
