@@ -67,6 +67,7 @@ cdef class RequestParser:
     cdef int try_uwsgi(self) except -1
     cdef int parse_vars(self, Py_ssize_t p, Py_ssize_t e) except -1
     cdef int body_next(self, Py_ssize_t maxlen, Py_ssize_t *off, Py_ssize_t *ln) except -1
+    cdef int take_body(self, Py_ssize_t maxlen, Py_ssize_t *off, Py_ssize_t *ln)
     cdef void body_unread(self, Py_ssize_t n)
     cdef bint body_done(self)
     cdef int skip_buffered_body(self) except -1

@@ -1038,7 +1038,6 @@ cdef class RequestParser:
     # -- body framing ---------------------------------------------------------------------
     cdef int body_next(self, Py_ssize_t maxlen, Py_ssize_t *off, Py_ssize_t *ln) except -1:
         """Next span of body data (R_DATA), R_NEED for more bytes, R_DONE at its end."""
-        cdef Py_ssize_t n
         if self.state == ST_ERROR:
             raise self.error
         if self.state != ST_BODY:
@@ -1047,7 +1046,12 @@ cdef class RequestParser:
             return self.chunked_next(maxlen, off, ln)
         if self.remaining == 0:
             return self.message_done()
-        n = self.end - self.start
+        return self.take_body(maxlen, off, ln)
+
+    cdef int take_body(self, Py_ssize_t maxlen, Py_ssize_t *off, Py_ssize_t *ln):
+        # The buffered body bytes the framing still allows (Content-Length or chunk), at
+        # most maxlen, as one span; R_NEED when none are buffered.
+        cdef Py_ssize_t n = self.end - self.start
         if n == 0:
             return R_NEED
         if n > self.remaining:
@@ -1091,7 +1095,6 @@ cdef class RequestParser:
         # time for the framing, spans for the data; resumable at any byte boundary.
         cdef char *b = self.buf
         cdef unsigned char c
-        cdef Py_ssize_t n
         cdef int cs
         while True:
             cs = self.cstate
@@ -1099,18 +1102,7 @@ cdef class RequestParser:
                 if self.remaining == 0:
                     self.cstate = CS_DATA_CR
                     continue
-                n = self.end - self.start
-                if n == 0:
-                    return R_NEED
-                if n > self.remaining:
-                    n = <Py_ssize_t>self.remaining
-                if n > maxlen:
-                    n = maxlen
-                off[0] = self.start
-                ln[0] = n
-                self.start += n
-                self.remaining -= n
-                return R_DATA
+                return self.take_body(maxlen, off, ln)
             if self.start >= self.end:
                 return R_NEED
             c = <unsigned char>b[self.start]

@@ -17,18 +17,29 @@ def app(environ, start_response):
     return [b"ok"]
 
 
-def _sockets_of(pid: int) -> int:
-    n = 0
+def _accepted_by(pid: int, server_port: int, client_port: int) -> bool:
+    """Whether process pid holds the server side of our connection: a connection still in
+    the backlog has no socket inode in /proc/net/tcp; an accepted one has, and pid has an fd
+    on it."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote and fields[9] != "0":
+                inode = fields[9]
+    if inode is None:
+        return False
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                n += 1
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return True
         except OSError:
             pass
-    return n
+    return False
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="watches /proc/PID/fd")
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="watches /proc/net/tcp and /proc/PID/fd")
 @pytest.mark.parametrize("kind", ["http", "http11"])
 def test_accepted_connection_is_served_after_a_stop(kind):
     listener = socket.socket()
@@ -44,10 +55,10 @@ def test_accepted_connection_is_served_after_a_stop(kind):
         finally:
             os._exit(code)
     try:
-        before = _sockets_of(pid)
         client = socket.create_connection(listener.getsockname(), timeout=30)
+        ports = listener.getsockname()[1], client.getsockname()[1]
         deadline = time.monotonic() + 30
-        while _sockets_of(pid) == before:          # wait until the worker has accepted it
+        while not _accepted_by(pid, *ports):       # wait until the worker has accepted it
             assert time.monotonic() < deadline, "the worker never accepted"
             time.sleep(0.01)
         os.kill(pid, signal.SIGHUP)
