@@ -62,6 +62,10 @@ def start(serve, tmp_path, *extra, version="v1", processes=2):
                    "--wsgi-file", str(app), "--disable-logging", "--master-fifo", str(fifo), *extra)
     server.wait_tcp(port)
     wait_for(lambda: count(server, "spawned jailserve worker") >= processes, "the workers")
+    if "--lazy-apps" in extra:
+        # each worker loads the app itself: until they all have, a test that breaks the app
+        # file would break a worker of the first start, not the reload it means to test
+        wait_for(lambda: count(server, "ready in worker") >= processes, "the workers' apps")
     return server, port, app, fifo
 
 
