@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, Origin
-from ..options import ALL_PLATFORMS, FREEBSD, LINUX, current_platform
+from ..options import FREEBSD, LINUX, current_platform
 from . import freebsd_params as fp
 
 JAIL_OPTIONS = ("jail", "jail-ip4", "jail-ip6", "jail2", "jail-attach", "jidfile")
@@ -155,7 +155,7 @@ def build_spec(config, platform: str | None = None, probe: fp.Probe | None = Non
     """
     if not any(config.has(name) for name in JAIL_OPTIONS):
         return None
-    platform = platform or _target_platform(config)
+    platform = platform or config.platform   # the loader validated check-platform
     if probe is None and platform == FREEBSD == current_platform():
         from .freebsd import kernel_probe
         probe = kernel_probe
@@ -169,19 +169,6 @@ def build_spec(config, platform: str | None = None, probe: fp.Probe | None = Non
     if platform == LINUX:
         _check_linux(spec, config)
     return spec
-
-
-def _target_platform(config) -> str:
-    # the Config knows the platform it was validated for; fall back to the option itself
-    if getattr(config, "platform", None) in ALL_PLATFORMS:
-        return config.platform
-    if not config.has("check-platform"):
-        return current_platform()
-    value = config.get("check-platform")
-    if value not in ALL_PLATFORMS:
-        raise ConfigError(f"'{value}' is not a platform (allowed: {', '.join(sorted(ALL_PLATFORMS))})",
-                          config.origin("check-platform"), "check-platform")
-    return value
 
 
 def _err(config, option: str, message: str) -> ConfigError:
