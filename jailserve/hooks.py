@@ -18,9 +18,6 @@ from typing import Callable
 from .errors import ConfigError, Origin
 from .options import HOOK_PHASES
 
-FIRST_START_ONLY = frozenset({"pre-jail", "post-jail"})
-
-
 class HookFailed(Exception):
     """A hook of a fatal phase failed: the instance must not go on."""
 

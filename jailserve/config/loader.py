@@ -292,7 +292,7 @@ def _warn_cli_overridden(col: Collector, item: Item, from_cli: dict[str, Item]) 
     opt = item.option
     if opt.repeat or opt.immediate:
         return
-    if item.origin is CLI or item.origin == CLI:
+    if item.origin == CLI:
         from_cli[opt.name] = item
     elif opt.name in from_cli and item.origin.is_file:
         col.warn(f"overrides '{from_cli.pop(opt.name).value}' from the command line: uWSGI applies "
