@@ -188,6 +188,7 @@ cdef class Slot:
     cdef AsyncConnection conn   # None while idle: an idle connection holds no buffers
     cdef int wait_ev            # W_READ / W_WRITE: its core waits for this edge
     cdef bint readable          # a read edge came and no recv has seen EAGAIN since
+    cdef bint watched           # registered with the poller (Hub.watch)
     cdef uint64_t deadline      # monotonic ns; 0 = none (socket-timeout)
     cdef object exc             # a parse error the hub found, answered by a core
     cdef int served             # requests begun on it
@@ -204,6 +205,7 @@ cdef class AsyncConnection(Connection):
     cdef long long token        # invalidates the timers of a wait that ended
 
     cdef int wait_conn(self, int ev) except -1
+    cdef int wait_blocking(self, int ev) except -1
     cdef int app_suspend(self) except -1
     cdef void app_reset(self)
     cdef int app_wait_fd(self, int fd, int how, double timeout) except -1
@@ -225,9 +227,11 @@ cdef class Hub(Server):
     cdef AsyncConnection cur    # the connection of the core that has the CPU
     cdef object hub_g, hub_switch, greenlet_cls, core_run
     cdef bint accepting
+    cdef bint sync              # serve(): the app runs on the hub's stack, no greenlets
     cdef uint64_t paused_until, last_sweep, timeout_ns
 
     cdef long long run_hub(self) except -1
+    cdef int watch(self, Slot s) except -1
     cdef int next_timeout(self) except? -1
     cdef int listen_on(self) except -1
     cdef int listen_off(self) except -1

@@ -161,6 +161,14 @@ cdef extern from *:
         return poll(p, (nfds_t)n, timeout_ms);
     }
 
+    /* One socket, readable (write = 0) or writable (write = 1): the sync hub's wait inside
+       a request.  > 0 ready (or an error / hang-up the next call will report), 0 timeout. */
+    static int js_poll_one(int fd, int write, int timeout_ms) {
+        struct pollfd p;
+        p.fd = fd; p.events = write ? POLLOUT : POLLIN; p.revents = 0;
+        return poll(&p, 1, timeout_ms);
+    }
+
     /* Discard what the peer already sent, so close() does not turn into an RST that destroys
        the response we just wrote (RFC 9112 §9.6, "tear-down": close in stages). */
     static void js_linger(int fd) {
@@ -222,6 +230,7 @@ cdef extern from *:
     int js_set_nonblock(int fd) nogil
     void js_restore_flags(int fd, int fl) nogil
     int js_poll_in(int *fds, int n, int timeout_ms) nogil
+    int js_poll_one(int fd, int write, int timeout_ms) nogil
     void js_linger(int fd) nogil
     uint64_t js_monotonic_ns() nogil
     double js_wallclock() nogil
@@ -2430,9 +2439,21 @@ cdef class ServeConfig:
 def serve(listeners, app, ServeConfig cfg=None):
     """Serve WSGI `app` on `listeners` [(socket, "http" | "http11" | "uwsgi"), ...] until
     request_stop(), cfg.max_requests or an exception from a signal handler.  Returns the number
-    of requests served."""
+    of requests served.
+
+    With a keep-alive (http11) listener the sync hub runs: the event loop of section 12 with
+    the app called on its own stack, one request at a time, so idle keep-alive connections
+    wait in epoll/kqueue instead of holding the worker.  Otherwise (every connection closes
+    after its response) the plain accept loop of section 10."""
+    cdef Hub hub
     if cfg is None:
         cfg = ServeConfig()
+    listeners = list(listeners)
+    if any(len(item) == 2 and item[1] == "http11" for item in listeners):
+        hub = Hub(listeners, app, cfg)
+        hub.sync = True
+        hub.max_cores = 1
+        return hub.run_hub()
     return Server(listeners, app, cfg).run()
 
 
@@ -2671,6 +2692,9 @@ cdef class AsyncConnection(Connection):
     cdef int wait_conn(self, int ev) except -1:
         cdef Slot s = self.slot
         cdef Hub hub = self.hub
+        if hub.sync:
+            return self.wait_blocking(ev)
+        hub.watch(s)
         s.wait_ev = ev
         if hub.timeout_ns:
             s.deadline = js_monotonic_ns() + hub.timeout_ns
@@ -2682,6 +2706,34 @@ cdef class AsyncConnection(Connection):
             raise _ClientGone(ETIMEDOUT, "socket-timeout reading the request" if ev == W_READ
                               else "socket-timeout writing the response")
         return 0
+
+    cdef int wait_blocking(self, int ev) except -1:
+        # The sync hub (no greenlets): the request in hand owns the process, so wait for its
+        # socket right here, socket-timeout at most, in slices of <= 1 s so a signal handler
+        # runs in time (a stop still lets this request finish, as in the sync loop).
+        cdef Hub hub = self.hub
+        cdef uint64_t deadline = 0, now
+        cdef int r, e = 0, ms
+        if hub.timeout_ns:
+            deadline = js_monotonic_ns() + hub.timeout_ns
+        while True:
+            ms = 1000
+            if deadline:
+                now = js_monotonic_ns()
+                if now >= deadline:
+                    raise _ClientGone(ETIMEDOUT, "socket-timeout reading the request"
+                                      if ev == W_READ else "socket-timeout writing the response")
+                if deadline - now < 1000000000:
+                    ms = <int>((deadline - now) // 1000000) + 1
+            with nogil:
+                r = js_poll_one(self.fd, ev == W_WRITE, ms)
+                if r < 0:
+                    e = errno
+            if r > 0:
+                return 0
+            if r < 0 and e != EINTR:
+                raise _ClientGone(e, os.strerror(e))
+            PyErr_CheckSignals()
 
     cdef int app_step(self) except -1:
         if self.app_pending:
@@ -2756,17 +2808,18 @@ cdef class Hub(Server):
         cdef uint64_t now, data
         cdef int tag, v
         cdef Slot s
-        if _greenlet_mod is None:
+        if _greenlet_mod is None and not self.sync:
             raise RuntimeError("async mode needs the greenlet package (pip install greenlet)")
         cdef js_ev *evs = <js_ev *>malloc(sizeof(js_ev) * JS_MAX_EVENTS)
         if evs == NULL:
             raise MemoryError()
         free(self.evbuf)
         self.evbuf = evs
-        self.greenlet_cls = _greenlet_mod.greenlet
-        self.hub_g = _greenlet_mod.getcurrent()
-        self.hub_switch = self.hub_g.switch
-        self.core_run = self._core_run
+        if not self.sync:
+            self.greenlet_cls = _greenlet_mod.greenlet
+            self.hub_g = _greenlet_mod.getcurrent()
+            self.hub_switch = self.hub_g.switch
+            self.core_run = self._core_run
         self.slots = []
         self.appfds = {}
         self.free_cores = []
@@ -2779,7 +2832,8 @@ cdef class Hub(Server):
         self.timeout_ns = <uint64_t>(self.cfg.socket_timeout * 1e9)
         if self.max_cores < 1:
             raise ValueError("async mode needs at least 1 core")
-        _hub = self
+        if not self.sync:
+            _hub = self         # the uwsgi module's async calls work only in async mode
         try:
             self.setup()
             self.pfd = js_poller_new()
@@ -2921,7 +2975,11 @@ cdef class Hub(Server):
         cdef char addr[64]
         cdef int port = 0, fd, k, e
         cdef Slot s
-        for k in range(64):
+        # The sync hub takes one connection per wake-up, so between two accepts it looks at
+        # its other connections, and it never parks a burst of connections whose requests
+        # have not arrived while other workers sharing the listener sit idle (a keep-alive
+        # connection stays with the worker that accepted it).
+        for k in range(1 if self.sync else 64):
             fd = js_accept(self.fds[i], addr, 64, &port, 1)
             if fd < 0:
                 e = errno
@@ -2956,13 +3014,22 @@ cdef class Hub(Server):
                 self.slots.extend([None] * (fd + 65 - len(self.slots)))
             self.slots[fd] = s
             self.nconns += 1
-            if js_poller_add(self.pfd, fd, (<uint64_t>TAG_CONN << TAG_SHIFT) | <uint64_t>fd,
-                             JS_P_CONN) < 0:
-                self.close_slot(s)
-                continue
             if self.timeout_ns:
                 s.deadline = js_monotonic_ns() + self.timeout_ns
             self.read_head(s)
+        return 0
+
+    cdef int watch(self, Slot s) except -1:
+        # Register a connection with the poller the first time it must wait for an edge, not
+        # at accept: a connection whose request is in at once and that closes after its
+        # response never costs an epoll_ctl.  Registering reports what is already readable
+        # or writable, so no edge is lost by registering late.
+        if s.watched:
+            return 0
+        if js_poller_add(self.pfd, s.fd, (<uint64_t>TAG_CONN << TAG_SHIFT) | <uint64_t>s.fd,
+                         JS_P_CONN) < 0:
+            raise OSError(errno, os.strerror(errno))
+        s.watched = True
         return 0
 
     cdef AsyncConnection activate(self, Slot s):
@@ -3028,6 +3095,11 @@ cdef class Hub(Server):
                 return 0
             n = c.fill(True)
             if n == -1:
+                try:
+                    self.watch(s)
+                except OSError:
+                    self.close_slot(s)
+                    return 0
                 if p.end == p.start:
                     self.release(s)     # nothing buffered: an idle connection costs no buffers
                     s.state = S_IDLE
@@ -3056,8 +3128,16 @@ cdef class Hub(Server):
     # -- cores ------------------------------------------------------------------------------
     cdef int dispatch(self, Slot s) except -1:
         # FIFO when all cores are busy; else the most recently idle core (its stack is warm).
+        # The sync hub serves the request here, on the hub's own stack.
         s.state = S_QUEUED
         s.deadline = 0
+        if self.sync:
+            self.busy += 1
+            try:
+                self.serve_slot(s, None)
+            finally:
+                self.busy -= 1
+            return 0
         if self.free_cores:
             g = self.free_cores.pop()
         elif self.ncores < self.max_cores:
@@ -3135,6 +3215,11 @@ cdef class Hub(Server):
             s.state = S_IDLE
             if s.readable:
                 self.pending.append(s)
+            else:
+                try:
+                    self.watch(s)           # its next request comes with an edge
+                except OSError:
+                    self.close_slot(s)
         return 0
 
     cdef int wake(self, Slot s, int why) except -1:
