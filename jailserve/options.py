@@ -256,12 +256,14 @@ SOCKETS = _opts(
     O("http11-socket", ADDRESS, "serve HTTP/1.1 with keep-alive on this address", repeat=True),
     O("socket", ADDRESS, "serve the uwsgi protocol on this address", aliases=("uwsgi-socket",), short="s", repeat=True),
     O("shared-socket", ADDRESS, "bind this address before the jail and the privilege drop; use it as =N", repeat=True),
+    O("undeferred-shared-socket", ADDRESS, "a shared-socket without deferred accept (numbered with the shared-sockets)", repeat=True),
     O("listen", INT, "listen backlog", short="l", default=100, immediate=True),
     O("buffer-size", SIZE, "largest request head (HTTP) or vars block (uwsgi)", short="b", default=4096),
     O("socket-timeout", SECONDS, "timeout for socket I/O and keep-alive idle connections", short="z", default=4),
     O("chmod-socket", MODE, "mode of unix sockets", short="C"),
     O("chown-socket", STRING, "owner[:group] of unix sockets"),
     O("reuse-port", FLAG, "set SO_REUSEPORT on TCP sockets"),
+    O("no-defer-accept", FLAG, "do not defer accept() until the client has sent data (TCP_DEFER_ACCEPT, accf_data)"),
 )
 
 APP = _opts(

@@ -21,10 +21,12 @@ from __future__ import annotations
 import errno
 import grp
 import ipaddress
+import math
 import os
 import pwd
 import socket
 import stat
+import sys
 from dataclasses import dataclass
 
 from .errors import ConfigError, Origin
@@ -33,6 +35,10 @@ from .options import LINUX, current_platform
 # option name -> the kind _core.serve() understands
 KINDS = {"http-socket": "http", "http11-socket": "http11", "socket": "uwsgi"}
 SHARED = "shared"
+UNDEFERRED = "undeferred-shared-socket"
+SHARED_OPTIONS = ("shared-socket", UNDEFERRED)
+# FreeBSD's accept filter (accf_data(9)); Python's socket module has no name for it
+SO_ACCEPTFILTER = 0x1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class SocketSpec:
     reuse_port: bool = False
     chmod: int | None = None
     chown: str | None = None
+    defer_accept: int = 0     # TCP: seconds for TCP_DEFER_ACCEPT (0 = accept at once)
 
     @property
     def shared(self) -> bool:
@@ -174,9 +181,12 @@ def plan_sockets(config) -> list[SocketSpec]:
     Raises ConfigError for an address that does not parse, a bad port, or =N out of range.
     """
     common = dict(backlog=config.get("listen"), reuse_port=config.get("reuse-port"),
-                  chmod=config.get("chmod-socket"), chown=_plan_chown(config))
-    shared = [_spec(config, entry, SHARED, i, False, common)
-              for i, entry in enumerate(config.entries_for("shared-socket"))]
+                  chmod=config.get("chmod-socket"), chown=_plan_chown(config),
+                  defer_accept=_defer_accept(config))
+    # shared-socket and undeferred-shared-socket share one numbering, in config order
+    shared = [_spec(config, entry, SHARED, i, False,
+                    {**common, "defer_accept": 0} if entry.name == UNDEFERRED else common)
+              for i, entry in enumerate(e for e in config.entries if e.name in SHARED_OPTIONS)]
     served = []
     for entry in config.entries:        # config order, as uWSGI numbers "uwsgi socket N"
         kind = KINDS.get(entry.name)
@@ -198,6 +208,15 @@ def _spec(config, entry, kind: str, index: int, allow_shared: bool, common: dict
     except ValueError as problem:
         raise ConfigError(str(problem), entry.origin, entry.name) from None
     return SocketSpec(kind, address, index, entry.name, entry.origin, **common)
+
+
+def _defer_accept(config) -> int:
+    # uWSGI (core/socket.c bind_to_tcp) defers accept() on every TCP socket by socket-timeout
+    # seconds unless no-defer-accept: a connection reaches a worker only once its request
+    # has started to arrive, so no worker waits for (or wakes up for) a silent client.
+    if config.get("no-defer-accept"):
+        return 0
+    return max(0, math.ceil(config.get("socket-timeout")))
 
 
 def _plan_chown(config) -> str | None:
@@ -303,10 +322,25 @@ def _bind_tcp(spec: SocketSpec) -> socket.socket:
         sockaddr = (host, address.port, 0, 0) if address.family == socket.AF_INET6 else (host, address.port)
         sock.bind(sockaddr)
         sock.listen(spec.backlog)
+        if spec.defer_accept:
+            _defer(sock, spec.defer_accept)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _defer(sock: socket.socket, seconds: int) -> None:
+    """Deferred accept as uWSGI sets it.  Where FreeBSD refuses the filter (accf_data not
+    loaded) uWSGI logs and goes on, and so does this."""
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):          # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds)
+    elif sys.platform.startswith("freebsd"):
+        try:        # struct accept_filter_arg: af_name[16], af_arg[240]
+            sock.setsockopt(socket.SOL_SOCKET, SO_ACCEPTFILTER, b"dataready".ljust(256, b"\0"))
+        except OSError as exc:
+            print(f"SO_ACCEPTFILTER dataready: {exc.strerror} (kldload accf_data to defer accept)",
+                  file=sys.stderr)
 
 
 def _bind_unix(spec: SocketSpec) -> socket.socket:

@@ -197,3 +197,45 @@ def test_shared_socket_addresses_are_found_for_a_reload():
         found[f"127.0.0.1:{port}"].detach()
     finally:
         shared[0].close()
+
+
+# deferred accept (uWSGI core/socket.c bind_to_tcp: TCP_DEFER_ACCEPT = socket-timeout unless
+# no-defer-accept; undeferred-shared-socket is a shared socket without it)
+
+
+def test_defer_accept_follows_socket_timeout_and_no_defer_accept():
+    specs = plan("--shared-socket", "127.0.0.1:8002", "--undeferred-shared-socket", "127.0.0.1:8003",
+                 "--http-socket", "=1", "--socket", "/tmp/x.sock", "-z", "7")
+    assert [(s.kind, s.index, s.option, s.defer_accept) for s in specs] == [
+        ("shared", 0, "shared-socket", 7), ("shared", 1, "undeferred-shared-socket", 0),
+        ("http", 0, "http-socket", 7), ("uwsgi", 1, "socket", 7)]
+    assert {s.defer_accept for s in plan("--http-socket", ":8001", "--no-defer-accept")} == {0}
+
+
+def _accepts_within(listener, seconds):
+    listener.settimeout(seconds)
+    try:
+        conn, _ = listener.accept()
+    except (socket.timeout, BlockingIOError):
+        return False
+    conn.close()
+    return True
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux TCP_DEFER_ACCEPT")
+@pytest.mark.parametrize("extra, silent_accepted", [((), False), (("--no-defer-accept",), True)])
+def test_deferred_accept_holds_a_silent_client_back(extra, silent_accepted):
+    port = free_port()
+    (spec,) = plan("--http-socket", f"127.0.0.1:{port}", *extra)
+    (listener, _), = sockets.bind_listeners([spec], [], log=lambda line: None)
+    try:
+        assert (listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0) is not silent_accepted
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            # the client's connect() succeeded, but the kernel keeps the connection from
+            # accept() until data comes (or the defer time runs out, seconds later)
+            assert _accepts_within(listener, 0.5) is silent_accepted
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as talker:
+            talker.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert _accepts_within(listener, 5)
+    finally:
+        listener.close()
