@@ -7,6 +7,8 @@ import os
 import signal
 import threading
 
+import pytest
+
 import e2e_support
 from e2e_support import APPS, WAIT, free_port, get, process_alive, wait_for
 
@@ -15,9 +17,13 @@ serve = e2e_support.serve          # the fixture, shared by the e2e modules
 PROBE = str(APPS / "probe.py")
 
 
-def start(serve, *extra, workers=1):
+# http-socket is served by _core's accept loop, http11-socket by the sync hub (its event loop)
+LOOPS = pytest.mark.parametrize("socket_option", ["--http-socket", "--http11-socket"])
+
+
+def start(serve, *extra, workers=1, socket_option="--http-socket"):
     port = free_port()
-    server = serve("--http-socket", f"127.0.0.1:{port}", "--master", "--wsgi-file", PROBE, *extra,
+    server = serve(socket_option, f"127.0.0.1:{port}", "--master", "--wsgi-file", PROBE, *extra,
                    env={"PROBE_MARKS": str(server_dir(serve))})
     server.wait_tcp(port)
     wait_for(lambda: len(server.workers()) == workers, f"{workers} worker(s)")
@@ -44,8 +50,9 @@ def test_sigkilled_worker_is_replaced(serve):
     assert server.stop() == 0
 
 
-def test_harakiri_kills_a_sleeping_request(serve):
-    server, port = start(serve, "--processes", "1", "--harakiri", "1")
+@LOOPS
+def test_harakiri_kills_a_sleeping_request(serve, socket_option):
+    server, port = start(serve, "--processes", "1", "--harakiri", "1", socket_option=socket_option)
     stuck = server.workers()[0]
     failure = []
 
@@ -65,8 +72,9 @@ def test_harakiri_kills_a_sleeping_request(serve):
     assert server.stop() == 0
 
 
-def test_max_requests_recycles_the_worker(serve):
-    server, port = start(serve, "--processes", "1", "--max-requests", "3")
+@LOOPS
+def test_max_requests_recycles_the_worker(serve, socket_option):
+    server, port = start(serve, "--processes", "1", "--max-requests", "3", socket_option=socket_option)
     pids = [json.loads(get(port, "/whoami")[2])["pid"] for _ in range(7)]
     assert pids[0] == pids[1] == pids[2] and pids[3] == pids[4] == pids[5]
     assert len({pids[0], pids[3], pids[6]}) == 3
