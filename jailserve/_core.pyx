@@ -2940,7 +2940,8 @@ cdef class Hub(Server):
 
     cdef int stop_accepting(self) except -1:
         # request_stop() / max-requests: no new connections.  Keep-alive connections idle
-        # after a request are closed (a client retries those); the requests in flight are
+        # after a request are closed (a client retries those) unless bytes are already
+        # waiting on them (then that request is read and answered); the requests in flight are
         # finished: in the cores, queued, partly received heads, and connections accepted
         # whose first request has not arrived yet (closing those is the reload race that
         # drops a request), each within socket-timeout; each closes after its response.
@@ -2953,7 +2954,13 @@ cdef class Hub(Server):
             if obj is not None:
                 s = <Slot>obj
                 if s.state == S_IDLE and s.served > 0:
-                    self.close_slot(s)
+                    if js_poll_one(s.fd, 0, 0) > 0:
+                        # its next request (or its close) is already here: read it rather
+                        # than make the client retry; it is answered with Connection: close
+                        s.readable = True
+                        self.pending.append(s)
+                    else:
+                        self.close_slot(s)
         return 0
 
     cdef void shutdown(self):

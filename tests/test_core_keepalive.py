@@ -172,3 +172,35 @@ def test_two_workers_take_one_connection_each(tmp_path):
             c.close()
         for pid in pids:
             stop(pid)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stop_serves_a_request_already_waiting_on_an_idle_connection(mode):
+    # While the worker is busy with /slow, the idle keep-alive connection's next request
+    # arrives and the stop comes.  Closing that connection would make its client retry (or
+    # fail); it is answered instead, with Connection: close.
+    import core_fixtures
+
+    def app(env, start_response):
+        if env["PATH_INFO"] == "/slow":
+            time.sleep(0.5)                 # blocks the whole worker, in both modes
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [env["PATH_INFO"].encode()]
+
+    core_fixtures.set_mode(mode)
+    try:
+        with serving(app) as (ports, state):
+            idle = connect(ports[0], timeout=10)
+            assert get(idle, "/first")[2] == b"/first"
+            busy = connect(ports[0], timeout=10)
+            busy.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.15)                # the worker is inside /slow now
+            idle.sendall(b"GET /waiting HTTP/1.1\r\nHost: t\r\n\r\n")
+            os.kill(state["pid"], signal.SIGTERM)
+            ((status, headers, body, _),) = read_responses(idle, ["GET"])
+            assert (status, body, headers.get("connection")) == (200, b"/waiting", "close")
+            assert read_responses(busy, ["GET"])[0][2] == b"/slow"
+            idle.close()
+            busy.close()
+    finally:
+        core_fixtures.set_mode("sync")

@@ -184,8 +184,10 @@ def serve(tmp_path):
 
 class Load:
     def __init__(self, host: str, port: int, threads: int = 4, timeout: float = 30.0,
-                 family: int = socket.AF_INET):
+                 family: int = socket.AF_INET, keepalive: bool = False):
         self.host, self.port, self.timeout = host, port, timeout
+        self.keepalive = keepalive      # one persistent connection per thread (see _exchange)
+        self.retries = 0
         self.versions: set[str] = {"v1"}
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -206,22 +208,44 @@ class Load:
             t.join(bound)
             assert not t.is_alive(), "a client thread did not finish"
 
+    def _exchange(self, conn, tag: str):
+        """(connection for the next request, response, body).  Without keepalive a new
+        connection per request.  With it, a reused connection that the server closed while it
+        was idle (nothing of the response came) is retried once on a new one, as clients do
+        for idempotent requests (RFC 9112 §9.3.1); a failure on a new connection is not."""
+        reused = conn is not None
+        for attempt in (1, 2):
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request("GET", f"/echo?{tag}")
+                resp = conn.getresponse()
+                body = resp.read().decode("latin-1")
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                conn = None
+                if not (reused and attempt == 1):
+                    raise
+                with self.lock:
+                    self.retries += 1
+                continue
+            if not self.keepalive or resp.will_close:
+                conn.close()
+                conn = None
+            return conn, resp, body
+        raise AssertionError("unreachable")
+
     def _run(self, i: int) -> None:
         n = 0
         last = time.monotonic()
+        conn = None
         while not self.stop.is_set():
             n += 1
             tag = f"{i}-{n}"
             problem = None
             version = None
             try:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                try:
-                    conn.request("GET", f"/echo?{tag}")
-                    resp = conn.getresponse()
-                    body = resp.read().decode("latin-1")
-                finally:
-                    conn.close()
+                conn, resp, body = self._exchange(conn, tag)
                 version, _, got = body.partition(":")
                 if resp.status != 200 or got != tag:
                     problem = f"{tag}: status {resp.status} body {body[:80]!r}"
@@ -229,6 +253,7 @@ class Load:
                     problem = f"{tag}: unexpected version {version!r}"
             except Exception as exc:  # noqa: BLE001 -- every kind of failure is counted, none hidden
                 problem = f"{tag}: {type(exc).__name__}: {exc}"
+                conn = None
             now = time.monotonic()
             with self.lock:
                 self.stall = max(self.stall, now - last)
@@ -241,6 +266,7 @@ class Load:
 
     def summary(self) -> dict:
         return {"ok": self.ok, "failed": len(self.failures), "failures": self.failures[:20],
+                "idle_connection_retries": self.retries,
                 "longest_stall_s": round(self.stall, 3), "versions": self.seen}
 
 

@@ -53,12 +53,12 @@ def reload_and_wait(server, send, done_text: str) -> None:
     wait_for(lambda: count(server, done_text) > before, f"{done_text!r} after a reload")
 
 
-def start(serve, tmp_path, *extra, version="v1", processes=2):
+def start(serve, tmp_path, *extra, version="v1", processes=2, socket="--http-socket"):
     app = tmp_path / "app.py"
     write_app(app, version)
     port = free_port()
     fifo = tmp_path / "fifo"
-    server = serve("--http-socket", f"127.0.0.1:{port}", "--master", "--processes", str(processes),
+    server = serve(socket, f"127.0.0.1:{port}", "--master", "--processes", str(processes),
                    "--wsgi-file", str(app), "--disable-logging", "--master-fifo", str(fifo), *extra)
     server.wait_tcp(port)
     wait_for(lambda: count(server, "spawned jailserve worker") >= processes, "the workers")
@@ -102,6 +102,26 @@ def test_20_sighups_20_chain_reloads_and_new_code_under_load_drop_nothing(serve,
     assert log.count(f"spawned jailserve master process (pid: {master})") == 22
     assert log.count("http-socket 0 inherited TCP address") == 21
     assert log.count("chain reload done") == 20
+    assert server.stop() == 0
+
+
+def test_keepalive_clients_across_10_sighups_on_http11_socket_lose_nothing(serve, tmp_path):
+    # http11-socket: the sync hub.  A stop closes the keep-alive connections that are idle
+    # (a client retries a request that met such a close before any response byte, which is
+    # counted apart) and finishes the rest; nothing else may fail.
+    server, port, _app, _fifo = start(serve, tmp_path, socket="--http11-socket")
+    load = Load("127.0.0.1", port, threads=4, keepalive=True).start()
+    try:
+        wait_for(lambda: load.ok > 50, "the keep-alive load to run")
+        for _ in range(10):
+            reload_and_wait(server, lambda: os.kill(server.pid, signal.SIGHUP), "graceful reload done")
+        wait_for(lambda: load.ok > 500, "requests after the reloads")
+    finally:
+        load.finish()
+    summary = load.summary()
+    assert load.failures == [], summary
+    # far fewer new connections than requests: the connections were kept alive
+    assert load.retries < load.ok / 10, summary
     assert server.stop() == 0
 
 
