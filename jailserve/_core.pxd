@@ -88,6 +88,7 @@ cdef class ServeConfig:
     cdef public int max_vars
     cdef public object errors
     cdef public dict environ
+    cdef public unsigned int harakiri_alarm
 
 
 cdef class Connection:

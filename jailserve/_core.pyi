@@ -50,11 +50,13 @@ class ServeConfig:
     max_vars: int
     errors: Any
     environ: dict[str, Any]
+    harakiri_alarm: int
     def __init__(self, *, buffer_size: int = 4096, socket_timeout: float = 4.0,
                  max_requests: int = 0, server_name: Optional[str] = None,
                  log: Optional[RequestLogCallback] = None, status_slot: Any = None,
                  max_vars: int = 100, errors: Any = None,
-                 environ: Optional[dict[str, Any]] = None) -> None: ...
+                 environ: Optional[dict[str, Any]] = None,
+                 harakiri_alarm: int = 0) -> None: ...
 
 Listener = tuple[socket.socket, Literal["http", "http11", "uwsgi"]]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]

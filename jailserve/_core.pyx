@@ -18,7 +18,7 @@ from libc.string cimport memcpy, memmove, memchr, memcmp, strlen
 from libc.stdint cimport uint64_t
 from libc.errno cimport errno, EINTR, EAGAIN
 from posix.uio cimport iovec
-from posix.unistd cimport close, lseek
+from posix.unistd cimport alarm, close, lseek
 from posix.stat cimport struct_stat, fstat, S_ISREG
 
 import os
@@ -2316,12 +2316,17 @@ cdef class Server:
             PyBuffer_Release(&self.slot_view)
 
     cdef void slot_begin(self, uint64_t t0):
-        # harakiri: the master reads u64 start-ns (0 = idle) and u64 requests done
+        # harakiri: the master reads u64 start-ns (0 = idle) and u64 requests done; without
+        # a master, uWSGI's alarm(harakiri) per request (the worker's SIGALRM handler acts)
         if self.slot != NULL:
             memcpy(self.slot, &t0, 8)
+        if self.cfg.harakiri_alarm:
+            alarm(self.cfg.harakiri_alarm)
 
     cdef void slot_end(self):
         cdef uint64_t zero = 0, done = <uint64_t>self.served
+        if self.cfg.harakiri_alarm:
+            alarm(0)
         if self.slot != NULL:
             memcpy(self.slot, &zero, 8)
             memcpy(self.slot + 8, &done, 8)
@@ -2408,7 +2413,7 @@ cdef class ServeConfig:
 
     def __init__(self, *, Py_ssize_t buffer_size=4096, double socket_timeout=4.0,
                  long long max_requests=0, server_name=None, log=None, status_slot=None,
-                 int max_vars=100, errors=None, environ=None):
+                 int max_vars=100, errors=None, environ=None, unsigned int harakiri_alarm=0):
         if not 256 <= buffer_size <= (1 << 20):
             raise ValueError("buffer_size must be between 256 and 1048576")
         if socket_timeout < 0:
@@ -2428,6 +2433,7 @@ cdef class ServeConfig:
         self.max_vars = max_vars
         self.errors = sys.stderr if errors is None else errors
         self.environ = dict(environ) if environ else {}
+        self.harakiri_alarm = harakiri_alarm
 
     def __repr__(self):
         return ("ServeConfig(buffer_size=%d, socket_timeout=%r, max_requests=%d, "
@@ -3164,7 +3170,11 @@ cdef class Hub(Server):
         if self.slot != NULL:
             t = js_monotonic_ns()
             memcpy(self.slot, &t, 8)
+        if self.cfg.harakiri_alarm:
+            alarm(self.cfg.harakiri_alarm)
         g.switch(value)
+        if self.cfg.harakiri_alarm:
+            alarm(0)
         if self.slot != NULL:
             t = 0
             memcpy(self.slot, &t, 8)

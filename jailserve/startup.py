@@ -204,9 +204,7 @@ def _serve(plan, config, listeners, shared, cleanup, deferred, cwd) -> int:
     try:
         if not use_master:
             # uWSGI: without master and with one process, the process is worker 1.
-            if config.get("harakiri"):
-                log.emit("*** WARNING: harakiri needs the master in jailserve (uWSGI's SIGALRM "
-                         "variant is not implemented); add `master = true` ***")
+            worker.harakiri_alarm = config.get("harakiri")    # uWSGI's SIGALRM variant
             return run_forked(worker, 1, slots.slot(1))
         # Objects made so far live for the whole run; freezing them keeps the collector from
         # writing to their pages in every worker, so those pages stay shared (DESIGN §5).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import sys
 import traceback
 
@@ -42,12 +43,15 @@ class Worker:
         total = slots.total if slots is not None else None     # the instance's request count
         self.request_log = None if config.get("disable-logging") else log.RequestLog(config, total)
         self.on_ready = None                # master.worker_ready, wired by startup
+        self.harakiri_alarm = 0             # harakiri without a master (set by startup)
         self.wid = 0
 
     def run(self, wid: int, slot) -> int:
         """The worker's life; returns the exit code (apps.FAILED_APP_CODE when the app fails)."""
         self.wid = wid
         self._install_signals(_graceful_stop)
+        if self.harakiri_alarm:
+            signal.signal(signal.SIGALRM, lambda signum, frame: _harakiri_alarm(slot))
         uwsgi_compat.set_worker_id(wid)
         app = self.app
         if app is None:
@@ -93,6 +97,7 @@ class Worker:
             server_name=self.server_name,
             log=self.request_log,
             status_slot=slot,
+            harakiri_alarm=self.harakiri_alarm,
         )
 
 
@@ -106,6 +111,23 @@ def _graceful_stop(signum, frame) -> None:
     loop serves a connection it has accepted even when the stop comes before its request
     (the reload race); the greenlet hub finishes every request in flight."""
     _core.request_stop()
+
+
+class Harakiri(SystemExit):
+    """harakiri without a master: the process ends (with 0, as uWSGI's exit(0)), unwinding
+    the request, so the instance's cleanup (vacuum, locks, jail) still runs on the way out."""
+
+
+def _harakiri_alarm(slot) -> None:
+    """SIGALRM from _core's alarm(harakiri).  uWSGI core/uwsgi.c harakiri() logs these two
+    lines and exits; an alarm delivered as the request ended (its slot says idle) is ignored.
+    A request stuck in C code that never returns to the interpreter is not interrupted: that
+    takes the master's SIGKILL."""
+    if slot is not None and struct.unpack_from("=Q", slot, 0)[0] == 0:
+        return
+    log.emit(f"\nKilling the current process (pid: {os.getpid()} app_id: 0)...")
+    log.emit("*** if you want your workers to be automatically respawned consider enabling the master process ***")
+    raise Harakiri(0)
 
 
 def run_forked(worker: Worker, wid: int, slot) -> int:
