@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from e2e_support import Load, free_port, session_pids
+from e2e_support import Load, fifo_send, free_port, session_pids
 
 APP = '''
 VERSION = "v1"
@@ -56,14 +56,6 @@ def wait_accepting(port: int, proc) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit("server did not start")
-
-
-def fifo_send(fifo: Path, letters: str) -> None:
-    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        os.write(fd, letters.encode())
-    finally:
-        os.close(fd)
 
 
 def run_one(name: str, args, work: Path) -> dict:

@@ -7,8 +7,8 @@ import os
 import signal
 
 import e2e_support
-from e2e_support import Load, get, wait_for
-from test_reload import fifo_send, reload_and_wait, start, write_app
+from e2e_support import get, wait_for
+from test_reload import reload_and_wait, reloads_under_load, start
 
 serve = e2e_support.serve
 
@@ -17,19 +17,7 @@ ASYNC = ("--async", "20", "--greenlet")
 
 def test_async_reloads_under_load_drop_nothing(serve, tmp_path):
     server, port, app, fifo = start(serve, tmp_path, "--lazy-apps", *ASYNC)
-    master = server.pid
-    load = Load("127.0.0.1", port, threads=4).start()
-    try:
-        for _ in range(8):
-            reload_and_wait(server, lambda: os.kill(master, signal.SIGHUP), "graceful reload done")
-        for _ in range(8):
-            reload_and_wait(server, lambda: fifo_send(fifo, "c"), "chain reload done")
-        load.versions = {"v1", "v2"}
-        write_app(app, "v2")
-        reload_and_wait(server, lambda: os.kill(master, signal.SIGHUP), "graceful reload done")
-        wait_for(lambda: load.seen.get("v2", 0) > 20, "responses from the new code")
-    finally:
-        load.finish()
+    load = reloads_under_load(server, port, app, fifo, 8)
     assert load.failures == [], load.summary()
     assert load.seen["v1"] > 50 and load.seen["v2"] > 20
     assert get(port, "/echo?x")[2] == b"v2:x"

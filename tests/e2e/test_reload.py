@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import e2e_support
-from e2e_support import Load, free_port, get, wait_for
+from e2e_support import Load, fifo_send, free_port, get, wait_for
 
 serve = e2e_support.serve
 
@@ -69,22 +69,15 @@ def start(serve, tmp_path, *extra, version="v1", processes=2, socket="--http-soc
     return server, port, app, fifo
 
 
-def fifo_send(fifo: Path, letters: str) -> None:
-    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        os.write(fd, letters.encode())
-    finally:
-        os.close(fd)
-
-
-def test_20_sighups_20_chain_reloads_and_new_code_under_load_drop_nothing(serve, tmp_path):
-    server, port, app, fifo = start(serve, tmp_path, "--lazy-apps")
+def reloads_under_load(server, port: int, app: Path, fifo: Path, n: int) -> Load:
+    """Under the load client: n SIGHUPs, n chain reloads (fifo 'c'), then new code (v2) and
+    one more SIGHUP; returns the client, finished once the new code has answered."""
     master = server.pid
     load = Load("127.0.0.1", port, threads=4).start()
     try:
-        for _ in range(20):
+        for _ in range(n):
             reload_and_wait(server, lambda: os.kill(master, signal.SIGHUP), "graceful reload done")
-        for _ in range(20):
+        for _ in range(n):
             reload_and_wait(server, lambda: fifo_send(fifo, "c"), "chain reload done")
         load.versions = {"v1", "v2"}
         write_app(app, "v2")
@@ -92,6 +85,13 @@ def test_20_sighups_20_chain_reloads_and_new_code_under_load_drop_nothing(serve,
         wait_for(lambda: load.seen.get("v2", 0) > 20, "responses from the new code")
     finally:
         load.finish()
+    return load
+
+
+def test_20_sighups_20_chain_reloads_and_new_code_under_load_drop_nothing(serve, tmp_path):
+    server, port, app, fifo = start(serve, tmp_path, "--lazy-apps")
+    master = server.pid
+    load = reloads_under_load(server, port, app, fifo, 20)
     assert load.failures == [], load.summary()
     assert load.seen["v1"] > 100 and load.seen["v2"] > 20
     assert get(port, "/echo?x")[2] == b"v2:x"
