@@ -156,6 +156,16 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
+def fifo_send(fifo: Path, letters: str) -> None:
+    """Write master-FIFO commands (uWSGI's letters: r, c, q, ...) without blocking: the
+    master must have the FIFO open already, else this raises (ENXIO) instead of hanging."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, letters.encode())
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def serve(tmp_path):
     """serve(argv..., env=None) -> Server; every server started is killed at teardown."""
@@ -169,6 +179,79 @@ def serve(tmp_path):
     yield start
     for server in started:
         server.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# jailed servers (tests/e2e/test_jail*.py, test_locks_e2e.py, test_debootstrap.py,
+# test_reload_jail_linux.py).  The jail's address (198.18.0.0/15) lives in a throwaway
+# network namespace standing in for the host (linux_helpers.throwaway_netns: made, lo up,
+# deleted afterwards); the server is started in it and asked from it, so no packet of the
+# test reaches the host's own network.
+
+NETNS_GET = """
+import sys, time, urllib.request
+deadline = time.monotonic() + 60          # the server is starting: a liveness guard, not a timing check
+while True:
+    try:
+        print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+"""
+
+
+def netns_fixture(prefix: str):
+    """A `netns` fixture for a module: a throwaway network namespace named prefix + pid."""
+    @pytest.fixture
+    def netns():
+        jail_tests = str(ROOT / "tests" / "jail")
+        if jail_tests not in sys.path:
+            sys.path.insert(0, jail_tests)
+        from linux_helpers import throwaway_netns
+        with throwaway_netns(f"{prefix}{os.getpid() % 100000}") as ns:
+            yield ns
+    return netns
+
+
+@pytest.fixture
+def jailed(netns):
+    """start(ini, log) -> Popen: `python -m jailserve INI` inside `netns`, in a session of its
+    own, output (unbuffered: read while it runs) to log.  A server still running at teardown
+    is SIGKILLed with its process group, before the namespace goes."""
+    started: list[subprocess.Popen] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UWSGI_")}
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+
+    def start(ini: Path, log: Path) -> subprocess.Popen:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "jailserve", str(ini)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        started.append(proc)
+        return proc
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def run_in_netns(netns: str, script: str, *args: str, log: Path | None = None, timeout: float = WAIT * 2) -> str:
+    """`python -c script args` inside netns; its stdout.  A failure shows its stderr and the
+    server's log."""
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script, *args],
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, out.stderr + (log.read_text() if log else "")
+    return out.stdout
+
+
+def get_in_netns(netns: str, url: str, log: Path | None = None) -> str:
+    """The body of GET url, asked from inside netns (retried while the server starts)."""
+    return run_in_netns(netns, NETNS_GET, url, log=log)
 
 
 # ---------------------------------------------------------------------------------------

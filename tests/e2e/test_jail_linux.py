@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteu
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tests" / "jail"))
-from linux_helpers import pidns_members, registry_names, sh, throwaway_netns, wait_until  # noqa: E402
+import e2e_support
+from e2e_support import get_in_netns, netns_fixture
+from linux_helpers import pidns_members, registry_names, sh, wait_until  # noqa: E402
 
 APP = '''
 import json, os, socket, subprocess
@@ -33,52 +35,18 @@ def application(environ, start_response):
     return [body]
 '''
 
-CLIENT = '''
-import sys, time, urllib.request
-deadline = time.monotonic() + 30          # the server is starting: a liveness guard, not a timing check
-while True:
-    try:
-        print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.05)
-'''
+netns = netns_fixture("jse2e")
+jailed = e2e_support.jailed            # the fixture: servers started in netns, killed at teardown
 
 
-@pytest.fixture
-def netns():
-    with throwaway_netns(f"jse2e{os.getpid() % 100000}") as ns:
-        yield ns
+def start_and_ask(jailed, netns, ini: Path, log: Path, workers: int, url: str):
+    """Start a server of ini, wait for its workers and ask it: (process, the app's facts)."""
+    proc = jailed(ini, log)
+    wait_until(lambda: f"spawned jailserve worker {workers}" in log.read_text(), f"{workers} worker(s)")
+    return proc, json.loads(get_in_netns(netns, url))
 
 
-@pytest.fixture
-def servers():
-    procs = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def start(netns, ini: Path, log: Path, servers) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}     # the log is read while it runs
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "jailserve", str(ini)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    servers.append(proc)
-    return proc
-
-
-def ask(netns, url: str) -> dict:
-    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", CLIENT, url],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def test_jailed_instance_and_an_attached_one_serve_and_leave_nothing(tmp_path, netns, servers):
+def test_jailed_instance_and_an_attached_one_serve_and_leave_nothing(tmp_path, netns, jailed):
     name = f"e2e{os.getpid() % 100000}"
     root = tmp_path / "root"
     (root / "app").mkdir(parents=True)
@@ -108,9 +76,8 @@ wsgi-file = app.py
 uid = nobody
 gid = nogroup
 """)
-    first = start(netns, tmp_path / "jail.ini", tmp_path / "first.log", servers)
-    wait_until(lambda: "spawned jailserve worker 2" in (tmp_path / "first.log").read_text(), "both workers")
-    facts = ask(netns, "http://198.18.60.2:8080/")
+    first, facts = start_and_ask(jailed, netns, tmp_path / "jail.ini", tmp_path / "first.log", 2,
+                                 "http://198.18.60.2:8080/")
     assert facts["hostname"] == "webjail"
     assert "ROOT_MARKER" in facts["root"] and not facts["host_marker"]
     assert facts["uid"] == 65534
@@ -120,9 +87,8 @@ gid = nogroup
     assert f"js-{name}" in sh("ip -o link show type veth", netns)
     assert "198.18.60.2 dev" in sh("ip route", netns)
 
-    second = start(netns, tmp_path / "attach.ini", tmp_path / "second.log", servers)
-    wait_until(lambda: "spawned jailserve worker 1" in (tmp_path / "second.log").read_text(), "its worker")
-    other = ask(netns, "http://198.18.60.2:8081/")
+    second, other = start_and_ask(jailed, netns, tmp_path / "attach.ini", tmp_path / "second.log", 1,
+                                  "http://198.18.60.2:8081/")
     assert other["hostname"] == "webjail" and other["pidns"] == facts["pidns"]
     jls = subprocess.run([sys.executable, "-m", "jailserve", "--jls"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
