@@ -56,8 +56,10 @@ pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux") or os.gete
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO / "tests" / "jail"))
+from e2e_support import get_in_netns, netns_fixture
+from linux_helpers import registry_names, sh, wait_until  # noqa: E402
+
 from jailserve.jail import linux  # noqa: E402
-from linux_helpers import registry_names, sh, throwaway_netns, wait_until  # noqa: E402
 
 CACHE = Path(os.environ.get("JAILSERVE_DEBOOTSTRAP_CACHE", "/var/cache/jailserve-debootstrap"))
 MIRROR = "http://deb.debian.org/debian"
@@ -84,20 +86,6 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 '''
-
-CLIENT = '''
-import sys, time, urllib.request
-deadline = time.monotonic() + 60          # the server is starting: a liveness guard, not a timing check
-while True:
-    try:
-        print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.05)
-'''
-
 
 # ---------------------------------------------------------------------------------------
 # the cached rootfs
@@ -192,10 +180,7 @@ def _blocking_ancestors(rootfs: Path, path: str) -> list[str]:
     return out
 
 
-@pytest.fixture
-def netns():
-    with throwaway_netns(f"jsdeb{os.getpid() % 100000}") as ns:
-        yield ns
+netns = netns_fixture("jsdeb")
 
 
 @pytest.fixture
@@ -309,10 +294,7 @@ gid = {USER}
     wait_until(started, "both workers")
 
     def ask(netns):
-        out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", CLIENT, f"http://{ADDR}:{PORT}/"],
-                             capture_output=True, text=True, check=False)
-        assert out.returncode == 0, out.stderr + log.read_text()
-        return json.loads(out.stdout)
+        return json.loads(get_in_netns(netns, f"http://{ADDR}:{PORT}/", log=log))
     facts = ask(netns)
 
     assert facts["hostname"] == "debjail"

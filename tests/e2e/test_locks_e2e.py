@@ -165,10 +165,14 @@ if __name__ == "__main__":
 
 # --- the tests -------------------------------------------------------------------------------
 
+import e2e_support  # here, below the driver: it runs without pytest
 import pytest
+from e2e_support import netns_fixture, run_in_netns
 
 ENGINES = ["posixsem", "ipcsem"]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith(("linux", "freebsd")), reason="POSIX only")
+netns = netns_fixture("jslk")        # for the jail test: its address lives only in there
+jailed = e2e_support.jailed          # the fixture: servers started in netns, killed at teardown
 
 
 @pytest.fixture
@@ -315,8 +319,7 @@ def host_sysv_sets() -> set[tuple[int, int]]:
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0
                     or shutil.which("ip") is None or shutil.which("nsenter") is None,
                     reason="a Linux jail (root, ip, nsenter)")
-def test_ipcsem_inside_a_linux_jail_is_private_and_works(tmp_path):
-    netns = f"jslk{os.getpid() % 100000}"
+def test_ipcsem_inside_a_linux_jail_is_private_and_works(tmp_path, netns, jailed):
     name = f"lk{os.getpid() % 100000}"
     root = tmp_path / "root"
     (root / "app").mkdir(parents=True)
@@ -336,35 +339,21 @@ wsgi-file = app.py
 lock-engine = ipcsem
 locks = 1
 """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UWSGI_")}
-    env["PYTHONPATH"] = str(ROOT)
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    proc = None
-    try:
-        subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
-        with open(tmp_path / "server.log", "w") as log:
-            proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "jailserve", str(ini)],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env)
-        out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", LOAD_CLIENT,
-                              "http://198.18.61.2:8080"], capture_output=True, text=True, timeout=180, check=False)
-        assert out.returncode == 0, out.stderr + (tmp_path / "server.log").read_text()
-        facts = json.loads(out.stdout)
-        assert facts["count"] == 6 * 20                       # the lock works in the jail
-        assert len(facts["sets"]) == 2                         # locks = 1: two sets
-        assert facts["ipcns"] != os.readlink("/proc/self/ns/ipc")
-        # from outside: the jail's namespace holds exactly these sets, the host's none of them
-        jid = int(jidfile.read_text())
-        inside = subprocess.run(["nsenter", "-t", str(jid), "--ipc", "cat", "/proc/sysvipc/sem"],
-                                capture_output=True, text=True, check=True).stdout
-        seen = {(int(r[1]), int(r[9])) for r in (l.split() for l in inside.splitlines()[1:]) if len(r) >= 10}
-        ours = {(s["semid"], s["ctime"]) for s in facts["sets"]}
-        assert seen == ours
-        assert not ours & host_sysv_sets()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 0, (tmp_path / "server.log").read_text()
-        assert not ours & host_sysv_sets()
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+    proc = jailed(ini, tmp_path / "server.log")
+    out = run_in_netns(netns, LOAD_CLIENT, "http://198.18.61.2:8080", log=tmp_path / "server.log", timeout=180)
+    facts = json.loads(out)
+    assert facts["count"] == 6 * 20                       # the lock works in the jail
+    assert len(facts["sets"]) == 2                         # locks = 1: two sets
+    assert facts["ipcns"] != os.readlink("/proc/self/ns/ipc")
+    # from outside: the jail's namespace holds exactly these sets, the host's none of them
+    jid = int(jidfile.read_text())
+    inside = subprocess.run(["nsenter", "-t", str(jid), "--ipc", "cat", "/proc/sysvipc/sem"],
+                            capture_output=True, text=True, check=True).stdout
+    seen = {(int(r[1]), int(r[9])) for r in (l.split() for l in inside.splitlines()[1:]) if len(r) >= 10}
+    ours = {(s["semid"], s["ctime"]) for s in facts["sets"]}
+    assert seen == ours
+    assert not ours & host_sysv_sets()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, (tmp_path / "server.log").read_text()
+    assert not ours & host_sysv_sets()
+

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteu
 REPO = Path(__file__).resolve().parent.parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests" / "jail"))
-from linux_helpers import pidns_members, registry_names, sh, throwaway_netns, wait_until
+import e2e_support
+from e2e_support import netns_fixture
+from linux_helpers import pidns_members, registry_names, sh, wait_until
 
 APP = '''
 VERSION = %r
@@ -33,10 +35,8 @@ def application(environ, start_response):
 WAIT = 60.0
 
 
-@pytest.fixture
-def netns():
-    with throwaway_netns(f"jsrl{os.getpid() % 100000}") as ns:
-        yield ns
+netns = netns_fixture("jsrl")
+jailed = e2e_support.jailed            # the fixture: servers started in netns, killed at teardown
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def write_app(path: Path, version: str) -> None:
     os.replace(tmp, path)
 
 
-def test_reloads_inside_a_linux_jail_drop_nothing_and_keep_the_jail(tmp_path, netns, procs):
+def test_reloads_inside_a_linux_jail_drop_nothing_and_keep_the_jail(tmp_path, netns, jailed, procs):
     name = f"rl{os.getpid() % 100000}"
     root = tmp_path / "root"
     (root / "app").mkdir(parents=True)
@@ -85,9 +85,7 @@ master-fifo = /fifo
     log = tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("UWSGI_")}
-    keeper = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "jailserve", str(conf / "jail.ini")],
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    procs.append(keeper)
+    keeper = jailed(conf / "jail.ini", log)
     wait_count(log, "spawned jailserve worker", 2)
     init_pidns = os.readlink(f"/proc/{keeper.pid}/ns/pid")
     stopfile = tmp_path / "stop"
