@@ -3,12 +3,11 @@ the worker runs the greenlet hub; the app's uwsgi.async_sleep suspends only its 
 SIGINT (shutdown) finishes the requests in flight."""
 from __future__ import annotations
 
-import http.client
 import signal
 import threading
 import time
 
-from e2e_support import free_port, serve
+from e2e_support import free_port, get, serve
 
 serve_fixture = serve
 
@@ -25,13 +24,8 @@ def application(env, start_response):
 
 
 def fetch(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    status, _, body = get(port, path)
+    return status, body
 
 
 def many(port, n, path):

@@ -88,23 +88,27 @@ def _accepts(port):
         return False
 
 
-def test_nginx_uwsgi_pass_to_socket(serve, nginx):
+def behind_nginx(serve, nginx, socket_option: str, location: str) -> int:
+    """probe.py served on socket_option, nginx in front with location ({up}: the upstream's
+    port); checks five GETs through nginx and returns nginx's port."""
     up = free_port()
-    serve("--socket", f"127.0.0.1:{up}", "--master", "--wsgi-file", str(APPS / "probe.py")).wait_tcp(up)
-    front = nginx(f"uwsgi_pass 127.0.0.1:{up};")
+    serve(socket_option, f"127.0.0.1:{up}", "--master", "--wsgi-file", str(APPS / "probe.py")).wait_tcp(up)
+    front = nginx(location.format(up=up))
     for _ in range(5):
         assert get(front.port)[2] == b"Hello, World!"
-    status, _, body = get(front.port, "/echo", method="POST", body=b"y" * 16384)
+    return front.port
+
+
+def test_nginx_uwsgi_pass_to_socket(serve, nginx):
+    port = behind_nginx(serve, nginx, "--socket", "uwsgi_pass 127.0.0.1:{up};")
+    status, _, body = get(port, "/echo", method="POST", body=b"y" * 16384)
     assert (status, body) == (200, b"y" * 16384)
-    status, _, body = get(front.port, "/big?65536")
+    status, _, body = get(port, "/big?65536")
     assert status == 200 and body == b"x" * 65536
 
 
 def test_nginx_proxy_pass_to_http11_socket(serve, nginx):
-    up = free_port()
-    serve("--http11-socket", f"127.0.0.1:{up}", "--master", "--wsgi-file", str(APPS / "probe.py")).wait_tcp(up)
-    front = nginx(f"proxy_pass http://127.0.0.1:{up}; proxy_http_version 1.1; proxy_set_header Connection \"\";")
-    for _ in range(5):
-        assert get(front.port)[2] == b"Hello, World!"
-    status, _, body = get(front.port, "/echo", method="POST", body=b"q" * 5000)
+    port = behind_nginx(serve, nginx, "--http11-socket",
+                        'proxy_pass http://127.0.0.1:{up}; proxy_http_version 1.1; proxy_set_header Connection "";')
+    status, _, body = get(port, "/echo", method="POST", body=b"q" * 5000)
     assert (status, body) == (200, b"q" * 5000)
