@@ -76,16 +76,25 @@ def serving(app, kinds=("http11",), setup=None, host="127.0.0.1", family=socket.
             state["status"] = stop(pid)
 
 
-def stop(pid, grace=10.0):
-    """SIGTERM, wait up to `grace` s, then SIGKILL; returns the wait status."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+def waitpid_within(pid, timeout, step=0.02):
+    """The wait status of child pid once it has exited, polled every `step` s; None if it is
+    still running after `timeout` s (also used by tests/test_locks_support.py)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return status
-        time.sleep(0.02)
+        time.sleep(step)
+    return None
+
+
+def stop(pid, grace=10.0):
+    """SIGTERM, wait up to `grace` s, then SIGKILL; returns the wait status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    status = waitpid_within(pid, grace)
+    if status is not None:
+        return status
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return os.waitpid(pid, 0)[1]
@@ -93,13 +102,8 @@ def stop(pid, grace=10.0):
 
 def wait_exit(pid, timeout=20.0):
     """Wait for the child to exit by itself; its exit code (None if it did not)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    return None
+    status = waitpid_within(pid, timeout)
+    return None if status is None else os.waitstatus_to_exitcode(status)
 
 
 def connect(port, host="127.0.0.1", timeout=10.0):

@@ -10,36 +10,22 @@ import sys
 import time
 
 import pytest
+import test_locks_support
 from test_locks_support import fork_child, kernel_wait, reap
 
-from jailserve import _core, locks
-from jailserve.config import load_config
+from jailserve import _core
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches /proc/PID/wchan")
 
 ENGINES = ("posixsem", "ipcsem")
 WORKERS = 3
+lockset = test_locks_support.lockset    # the fixture: locks.setup() in a private run dir, cleanup() after
 
 
 def hello(env, start_response):
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
-
-
-@pytest.fixture
-def thunder(tmp_path):
-    made = []
-
-    def make(*args):
-        ls = locks.setup(load_config(list(args), {}), run_dir=str(tmp_path / "run"))
-        made.append(ls)
-        return ls
-
-    yield make
-    for ls in made:
-        ls.cleanup()
-    locks.cleanup()
 
 
 def start_workers(srv, n):
@@ -83,8 +69,8 @@ def settle(pids, want_poll, limit=20.0):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_thunder_lock_serialises_the_serve_loop(engine, thunder):
-    thunder("--lock-engine", engine, "--thunder-lock")
+def test_thunder_lock_serialises_the_serve_loop(engine, lockset):
+    lockset("--lock-engine", engine, "--thunder-lock")
     srv = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = srv.getsockname()[1]
     pids = start_workers(srv, WORKERS)
@@ -101,8 +87,8 @@ def test_thunder_lock_serialises_the_serve_loop(engine, thunder):
     assert sum(codes) == 30
 
 
-def test_without_thunder_lock_every_worker_polls(thunder):
-    thunder()
+def test_without_thunder_lock_every_worker_polls(lockset):
+    lockset()
     srv = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = srv.getsockname()[1]
     pids = start_workers(srv, WORKERS)

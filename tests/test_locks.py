@@ -13,7 +13,8 @@ import sys
 import time
 
 import pytest
-from test_locks_support import fork_child, kernel_wait, reap
+import test_locks_support
+from test_locks_support import Holder, fork_child, kernel_wait, reap
 
 from jailserve import _jail, locks
 from jailserve.config.loader import load_config
@@ -23,24 +24,11 @@ ENGINES = ["posixsem", "ipcsem"]
 LINUX = sys.platform.startswith("linux")
 
 
+lockset = test_locks_support.lockset    # the fixture: setup() in a private run dir, cleanup() after
+
+
 def config(*args: str):
     return load_config(list(args), {})
-
-
-@pytest.fixture
-def lockset(tmp_path):
-    """setup() with a private registry directory; cleanup() whatever the test does."""
-    made = []
-
-    def make(*args: str, run_dir=None):
-        ls = locks.setup(config(*args), run_dir=run_dir or str(tmp_path / "run"))
-        made.append(ls)
-        return ls
-
-    yield make
-    for ls in made:
-        ls.cleanup()
-    locks.cleanup()
 
 
 class alarm_guard:
@@ -133,22 +121,14 @@ def test_default_is_one_lock(engine, lockset):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_is_locked_sees_another_processs_lock_and_unlock_by_non_holder_is_ignored(engine, lockset):
     lockset("--lock-engine", engine)
-    r, w = os.pipe()
-    go_r, go_w = os.pipe()
-
-    def hold():
-        locks.lock(0)
-        os.write(w, b"x")
-        os.read(go_r, 1)
+    def unlock():                        # its exit code 0, whatever unlock() returns
         locks.unlock(0)
 
-    pid = fork_child(hold)
-    assert os.read(r, 1) == b"x"
+    holder = Holder(lambda: locks.lock(0), release=unlock)
     assert locks.is_locked(0)
     locks.unlock(0)                      # not ours: must not let a second holder in
     assert locks.is_locked(0)
-    os.write(go_w, b"g")
-    assert reap(pid) == 0
+    assert holder.let_go() == 0
     assert not locks.is_locked(0)
 
 
@@ -203,19 +183,10 @@ def test_enosys_names_allow_sysvipc_and_sysvsem():
 # --- dead holders ------------------------------------------------------------------------
 
 def kill_while_holding(n: int) -> int:
-    r, w = os.pipe()
-
-    def hold():
-        locks.lock(n)
-        os.write(w, b"x")
-        time.sleep(60)
-
-    pid = fork_child(hold)
-    assert os.read(r, 1) == b"x"
+    holder = Holder(lambda: locks.lock(n))
     assert locks.is_locked(n)
-    os.kill(pid, signal.SIGKILL)
-    assert reap(pid) == -signal.SIGKILL
-    return pid
+    assert holder.kill() == -signal.SIGKILL
+    return holder.pid
 
 
 def test_ipcsem_killed_holder_is_released_by_the_kernel(lockset, capfd):
@@ -273,24 +244,16 @@ def test_waiter_gets_the_lock_of_a_killed_holder(engine, lockset, tmp_path):
     # has handled the death (posixsem) or at once (ipcsem)
     lockset("--lock-engine", engine)
     done = tmp_path / "done"
-    r, w = os.pipe()
-
-    def hold():
-        locks.lock(0)
-        os.write(w, b"x")
-        time.sleep(60)
 
     def wait_then_mark():
         locks.lock(0)
         done.write_text(str(os.getpid()))
         locks.unlock(0)
 
-    pid = fork_child(hold)
-    assert os.read(r, 1) == b"x"
+    holder = Holder(lambda: locks.lock(0))
     waiter = fork_child(wait_then_mark)
-    os.kill(pid, signal.SIGKILL)
-    reap(pid)
-    locks.release_dead(pid)                    # what the master does on SIGCHLD
+    holder.kill()
+    locks.release_dead(holder.pid)             # what the master does on SIGCHLD
     assert reap(waiter) == 0
     assert done.read_text() == str(waiter)
 
@@ -483,17 +446,9 @@ def test_persistent_private_sets_are_kept_at_exit_and_removed_by_the_next_start(
 @pytest.mark.parametrize("engine", ENGINES)
 def test_thunder_lock_of_a_killed_worker_is_released_and_named(engine, lockset, capfd):
     lockset("--lock-engine", engine, "--thunder-lock")
-    r, w = os.pipe()
-
-    def hold():
-        locks.accept_lock()
-        os.write(w, b"x")
-        time.sleep(60)
-
-    pid = fork_child(hold)
-    assert os.read(r, 1) == b"x"
-    os.kill(pid, signal.SIGKILL)
-    reap(pid)
+    holder = Holder(locks.accept_lock)
+    holder.kill()
+    pid = holder.pid
     assert locks.release_dead(pid) == [1]            # numbered after the user lock 0
     assert f"thunder lock was held by dead process {pid}" in capfd.readouterr().err
     with alarm_guard():

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_locks_support import fork_child, reap, wait_blocked
+from test_locks_support import Holder, fork_child, reap, wait_blocked
 
 from jailserve import _jail
 
@@ -90,18 +90,9 @@ def test_semop_nowait_reports_busy_and_getpid_names_the_last_operator(sysv_set):
 
 def test_sem_undo_releases_what_a_killed_process_held(sysv_set):
     semid = sysv_set()
-    r, w = os.pipe()
-
-    def hold():
-        _jail.semop(semid, 0, -1, _jail.SEM_UNDO)
-        os.write(w, b"x")
-        time.sleep(60)
-
-    pid = fork_child(hold)
-    assert os.read(r, 1) == b"x"
+    holder = Holder(lambda: _jail.semop(semid, 0, -1, _jail.SEM_UNDO))
     assert _jail.semctl(semid, 0, _jail.GETVAL) == 0
-    os.kill(pid, signal.SIGKILL)
-    assert reap(pid) == -signal.SIGKILL
+    assert holder.kill() == -signal.SIGKILL
     assert _jail.semctl(semid, 0, _jail.GETVAL) == 1      # the kernel undid the -1
 
 
@@ -270,23 +261,12 @@ def test_timedwait_gives_up_on_a_held_semaphore(sem_name):
 def test_shared_semaphores_work_across_fork_and_record_the_holder():
     sems = _jail.SharedSemaphores(2)
     try:
-        r, w = os.pipe()
-        go_r, go_w = os.pipe()
-
-        def hold():
-            sems.wait(1)
-            os.write(w, b"x")
-            os.read(go_r, 1)
-            return 0 if sems.post(1) else 5
-
-        pid = fork_child(hold)
-        assert os.read(r, 1) == b"x"
-        assert sems.holder(1) == pid and sems.value(1) == 0 and sems.holder(0) == 0
+        holder = Holder(lambda: sems.wait(1), release=lambda: 0 if sems.post(1) else 5)
+        assert sems.holder(1) == holder.pid and sems.value(1) == 0 and sems.holder(0) == 0
         assert sems.trywait(1) is False
         assert sems.post(1) is False                 # not ours: nothing posted
         assert sems.value(1) == 0
-        os.write(go_w, b"g")
-        assert reap(pid) == 0
+        assert holder.let_go() == 0
         assert sems.holder(1) == 0 and sems.value(1) == 1
     finally:
         sems.close()
@@ -295,17 +275,9 @@ def test_shared_semaphores_work_across_fork_and_record_the_holder():
 def test_shared_semaphore_of_a_killed_holder_is_released_once():
     sems = _jail.SharedSemaphores(1)
     try:
-        r, w = os.pipe()
-
-        def hold():
-            sems.wait(0)
-            os.write(w, b"x")
-            time.sleep(60)
-
-        pid = fork_child(hold)
-        assert os.read(r, 1) == b"x"
-        os.kill(pid, signal.SIGKILL)
-        reap(pid)
+        holder = Holder(lambda: sems.wait(0))
+        holder.kill()
+        pid = holder.pid
         assert sems.value(0) == 0                    # no undo for POSIX semaphores
         assert sems.post(0, pid) is True
         assert sems.post(0, pid) is False            # a second release posts nothing
@@ -375,19 +347,11 @@ def test_sysv_locks_holder_words_and_a_dead_holder_reported_once(sysv_set):
     reports = []
     locks = _jail.SysVLocks(semids, lambda i, pid: reports.append((i, pid)))
     try:
-        r, w = os.pipe()
-
-        def hold():
-            locks.wait(1)
-            os.write(w, b"x")
-            time.sleep(60)
-
-        pid = fork_child(hold)
-        assert os.read(r, 1) == b"x"
+        holder = Holder(lambda: locks.wait(1))
+        pid = holder.pid
         assert locks.value(1) == 0 and locks.post(1) is False     # not ours: nothing done
         assert locks.value(1) == 0
-        os.kill(pid, signal.SIGKILL)
-        reap(pid)
+        holder.kill()
         assert locks.value(1) == 1                 # SEM_UNDO
         assert locks.wait(1) is True               # the next taker sees the dead holder's word
         assert reports == [(1, pid)]
@@ -403,11 +367,9 @@ def test_sysv_locks_holder_words_and_a_dead_holder_reported_once(sysv_set):
 def test_sysv_locks_release_dead_reports_when_the_master_is_first(sysv_set):
     locks = _jail.SysVLocks([sysv_set()])
     try:
-        r, w = os.pipe()
-        pid = fork_child(lambda: (locks.wait(0), os.write(w, b"x"), time.sleep(60)))
-        assert os.read(r, 1) == b"x"
-        os.kill(pid, signal.SIGKILL)
-        reap(pid)
+        holder = Holder(lambda: locks.wait(0))
+        holder.kill()
+        pid = holder.pid
         assert locks.release_dead(0, pid) is True
         assert locks.release_dead(0, pid) is False
         assert locks.value(0) == 1
