@@ -48,6 +48,17 @@ def sysv_set():
 needs_proc = pytest.mark.skipif(not LINUX, reason="watches /proc/PID/wchan")
 
 
+class Interrupted(Exception):
+    """Raised by the SIGUSR1 handler of raise_on_usr1(): it must come out of a blocking wait."""
+
+
+def raise_on_usr1() -> None:
+    """In a child: SIGUSR1 raises Interrupted (the EINTR path of the semaphore waits)."""
+    def on_usr1(signum, frame):
+        raise Interrupted()
+    signal.signal(signal.SIGUSR1, on_usr1)
+
+
 # --- constants from the headers --------------------------------------------------------
 
 @pytest.mark.skipif(not LINUX, reason="the Linux values")
@@ -132,16 +143,11 @@ def test_semop_releases_the_gil_while_blocked(sysv_set):
 def test_eintr_runs_the_signal_handler_and_its_exception_ends_the_wait(sysv_set):
     semid = sysv_set(value=0)
 
-    class Stop(Exception):
-        pass
-
     def child():
-        def on_usr1(signum, frame):
-            raise Stop()
-        signal.signal(signal.SIGUSR1, on_usr1)
+        raise_on_usr1()
         try:
             _jail.semop(semid, 0, -1, 0)
-        except Stop:
+        except Interrupted:
             return 7
         return 1
 
@@ -292,19 +298,14 @@ def test_shared_semaphore_wait_releases_the_gil_and_handles_signals():
     try:
         sems.wait(0)
 
-        class Stop(Exception):
-            pass
-
         def child():
-            def on_usr1(signum, frame):
-                raise Stop()
-            signal.signal(signal.SIGUSR1, on_usr1)
+            raise_on_usr1()
             t = threading.Thread(target=lambda: sems.wait(0) and sems.post(0))
             t.start()
             wait_blocked(os.getpid(), t.native_id)    # Python runs beside the waiting thread
             try:
                 sems.wait(0)
-            except Stop:
+            except Interrupted:
                 return 7 if t.is_alive() else 2
             return 1
 
