@@ -110,6 +110,13 @@ def connect(port, host="127.0.0.1", timeout=10.0):
     return socket.create_connection((host, port), timeout=timeout)
 
 
+def exchange(port, data, host="127.0.0.1", timeout=10.0):
+    """Send data on a new connection and read until the server closes it; what came back."""
+    with connect(port, host, timeout) as s:
+        s.sendall(data)
+        return recv_all(s)
+
+
 class _OneFile:
     """Lets several http.client.HTTPResponse objects read one buffered stream in turn."""
 

@@ -14,7 +14,7 @@ import pytest
 
 from jailserve import _core
 import core_fixtures
-from core_fixtures import Pipe, connect, read_responses, recv_all, serving, wait_exit
+from core_fixtures import Pipe, connect, exchange, read_responses, recv_all, serving, wait_exit
 
 
 @pytest.fixture(autouse=True, params=core_fixtures.MODES)
@@ -116,14 +116,20 @@ def test_wsgiref_validate_raises_nothing():
 
 
 # -- keep-alive, close, pipelining ------------------------------------------------------------
+def remote_port(c, method, path, body=None):
+    """One request through environ_app on connection c: (the REMOTE_PORT it saw, response)."""
+    c.request(method, path, body=body)
+    r = c.getresponse()
+    return eval(r.read())["REMOTE_PORT"], r
+
+
 def test_keep_alive_reuses_connection():
     with serving(environ_app) as (ports, _):
         c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
         seen = set()
         for i in range(5):
-            c.request("GET", "/%d" % i)
-            r = c.getresponse()
-            seen.add(eval(r.read())["REMOTE_PORT"])
+            port, r = remote_port(c, "GET", "/%d" % i)
+            seen.add(port)
             assert r.getheader("Connection") is None
         assert len(seen) == 1                               # one TCP connection
         c.close()
@@ -132,11 +138,8 @@ def test_keep_alive_reuses_connection():
 def test_http_kind_closes_after_each_response():
     # uWSGI http-socket: one request per connection (UWSGI_SEMANTICS §10)
     with serving(hello, kinds=("http",)) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
         assert data.count(b"HTTP/1.1 200") == 1 and b"Connection: close\r\n" in data
-        s.close()
 
 
 def test_pipelining_in_order():
@@ -159,13 +162,10 @@ def test_http10_closes_and_is_not_chunked():
         yield b"b"
 
     with serving(stream) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET / HTTP/1.0\r\n\r\n")
         head, body = data.split(b"\r\n\r\n", 1)
         assert b"Transfer-Encoding" not in head and b"Connection: close" in head
         assert body == b"ab"                       # RFC 9112 §6.3 (8): close-delimited
-        s.close()
 
 
 def test_http10_keep_alive():
@@ -210,11 +210,8 @@ def test_dripped_head_is_cut_off():
 
 def test_connection_close_request():
     with serving(hello) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in data
-        s.close()
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -269,10 +266,7 @@ def test_input_bounded_by_content_length_with_pipelined_request():
 def test_unread_body_is_skipped_and_connection_kept():
     with serving(environ_app) as (ports, _):
         c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
-        ports_seen = set()
-        for _ in range(3):
-            c.request("POST", "/", body=b"ignored body")
-            ports_seen.add(eval(c.getresponse().read())["REMOTE_PORT"])
+        ports_seen = {remote_port(c, "POST", "/", body=b"ignored body")[0] for _ in range(3)}
         assert len(ports_seen) == 1
         c.close()
 
@@ -295,12 +289,9 @@ def test_expect_100_continue():
 
 def test_expect_100_not_sent_when_app_ignores_body():
     with serving(hello) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-                  b"Expect: 100-continue\r\n\r\n")
-        data = recv_all(s)                           # final answer, then close
+        data = exchange(ports[0], b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                                  b"Expect: 100-continue\r\n\r\n")      # final answer, then close
         assert data.startswith(b"HTTP/1.1 200 OK") and b"100 Continue" not in data
-        s.close()
 
 
 # -- response framing -------------------------------------------------------------------------
@@ -351,14 +342,11 @@ def test_no_body_statuses(status):
         return [b"must not be sent"]
 
     with serving(app) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n"
-                  b"Connection: close\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n"
+                                  b"Connection: close\r\n\r\n")
         # RFC 9110 §15.3.5 / §15.4.5 / §15.2: no content, no framing headers added
         assert b"must not be sent" not in data and b"Transfer-Encoding" not in data
         assert b"Content-Length" not in data and data.count(status.encode()) == 2
-        s.close()
 
 
 def test_app_connection_close_honoured_and_duplicate_length_refused():
@@ -370,15 +358,10 @@ def test_app_connection_close_honoured_and_duplicate_length_refused():
         return [b"bye"]
 
     with serving(app, errors=open(os.devnull, "w")) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        data = recv_all(s)                        # one response, then the app's close
+        # one response, then the app's close
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert data.count(b"HTTP/1.1 200") == 1 and data.count(b"Connection: close") == 1
-        s.close()
-        s = connect(ports[0])
-        s.sendall(b"GET /dup HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert recv_all(s).startswith(b"HTTP/1.1 500 ")
-        s.close()
+        assert exchange(ports[0], b"GET /dup HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 500 ")
 
 
 def test_write_callable():
@@ -445,11 +428,8 @@ def test_app_header_injection_is_500(header):
         return [b"body"]
 
     with serving(app, errors=open(os.devnull, "w")) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 500 ") and b"pwned" not in data
-        s.close()
 
 
 @pytest.mark.parametrize("status", ["200 OK\r\nX: y", "OK", "20 OK", 200, "200 caf\u20ac"])
@@ -459,11 +439,8 @@ def test_bad_status_is_500(status):
         return [b""]
 
     with serving(app, errors=open(os.devnull, "w")) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 500 ") and b"X: y" not in data
-        s.close()
 
 
 def test_app_exception_is_500_and_logged():
@@ -473,10 +450,8 @@ def test_app_exception_is_500_and_logged():
         raise ZeroDivisionError("boom")
 
     with serving(app, errors=os.fdopen(w, "w", buffering=1)) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert recv_all(s).startswith(b"HTTP/1.1 500 Internal Server Error")
-        s.close()
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 500 Internal Server Error")
         os.close(w)
         assert b"ZeroDivisionError: boom" in os.read(r, 65536)
     os.close(r)
@@ -527,15 +502,12 @@ def test_bad_request_answered_then_closed_nothing_smuggled():
         return [b"ok"]
 
     with serving(app) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"
-                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-                  b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n"
+                                  b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                                  b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
         assert data.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 400 Bad Request" in data
         assert data.count(b"\r\nDate: ") == 2          # RFC 9110 §6.6.1, 4xx too
-        s.close()
         s2 = connect(ports[0])                    # a fresh request as a fence
         s2.sendall(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         recv_all(s2)
@@ -555,10 +527,8 @@ def test_tls_hello_on_http_port_is_400_at_once():
 
 def test_head_too_large_is_431():
     with serving(hello, buffer_size=512) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"v" * 1000 + b"\r\n\r\n")
-        assert recv_all(s).startswith(b"HTTP/1.1 431 ")
-        s.close()
+        data = exchange(ports[0], b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"v" * 1000 + b"\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 431 ")
 
 
 def test_bad_chunked_body_read_by_app_is_400():
@@ -568,12 +538,9 @@ def test_bad_chunked_body_read_by_app_is_400():
         return [b"not reached"]
 
     with serving(app) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"zz\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        data = recv_all(s)
+        data = exchange(ports[0], b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"zz\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 400 ") and b"not reached" not in data
-        s.close()
 
 
 # -- close() always called --------------------------------------------------------------------
@@ -635,13 +602,11 @@ def uwsgi_packet(pairs, modifier1=0):
 
 def test_uwsgi_protocol_request():
     with serving(echo, kinds=("uwsgi",)) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(uwsgi_packet([(b"REQUEST_METHOD", b"POST"), (b"PATH_INFO", b"/u"),
-                                (b"CONTENT_LENGTH", b"4"), (b"SERVER_PROTOCOL", b"HTTP/1.1"),
-                                (b"REMOTE_ADDR", b"10.1.2.3")]) + b"data")
-        data = recv_all(s)                           # one request per connection
+        packet = uwsgi_packet([(b"REQUEST_METHOD", b"POST"), (b"PATH_INFO", b"/u"),
+                               (b"CONTENT_LENGTH", b"4"), (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+                               (b"REMOTE_ADDR", b"10.1.2.3")])
+        data = exchange(ports[0], packet + b"data")       # one request per connection
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\ndata")
-        s.close()
 
 
 def test_uwsgi_environ_matches_http():
@@ -689,10 +654,8 @@ def test_uwsgi_over_unix_socket(tmp_path):
 
 def test_uwsgi_oversized_packet_dropped_without_response():
     with serving(hello, kinds=("uwsgi",), buffer_size=512) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"\x00" + struct.pack("<H", 4000) + b"\x00" + b"x" * 100)
-        assert recv_all(s) == b""                    # UWSGI_SEMANTICS §9: dropped
-        s.close()
+        data = exchange(ports[0], b"\x00" + struct.pack("<H", 4000) + b"\x00" + b"x" * 100)
+        assert data == b""                           # UWSGI_SEMANTICS §9: dropped
 
 
 # -- the loop: listeners, stop, max-requests, harakiri slot, log ------------------------------
@@ -760,15 +723,20 @@ def test_request_stop_finishes_request_in_hand():
     os.close(release_w)
 
 
+def served_then_signalled(ports, state, signum):
+    """One request answered, then signum to the idle serving child; its exit code."""
+    c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
+    c.request("GET", "/")
+    c.getresponse().read()
+    c.close()
+    os.kill(state["pid"], signum)
+    state["status"] = 0
+    return wait_exit(state["pid"])
+
+
 def test_idle_worker_stops_on_signal():
     with serving(hello) as (ports, state):
-        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
-        c.request("GET", "/")
-        c.getresponse().read()
-        c.close()
-        os.kill(state["pid"], 15)
-        state["status"] = 0
-        assert wait_exit(state["pid"]) == 1
+        assert served_then_signalled(ports, state, 15) == 1
 
 
 def test_status_slot_for_harakiri():
@@ -801,10 +769,7 @@ def test_log_callback_fields():
         pipe.send(repr(fields[:-1]))
 
     with serving(hello, log=log) as (ports, _):
-        s = connect(ports[0])
-        s.sendall(b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        data = recv_all(s)
-        s.close()
+        data = exchange(ports[0], b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     (line,) = pipe.lines(1)
     method, uri, proto, status, size, usecs, addr, nh, hsize, nvars, vsize, started = eval(line)
     assert (method, uri, proto, status, size, addr) == ("GET", "/p?q=1", "HTTP/1.1", 200, 5,
@@ -843,10 +808,4 @@ def test_exception_from_signal_handler_propagates_out_of_serve():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     with serving(hello, setup=setup) as (ports, state):
-        c = http.client.HTTPConnection("127.0.0.1", ports[0], timeout=10)
-        c.request("GET", "/")
-        c.getresponse().read()
-        c.close()
-        os.kill(state["pid"], 2)
-        state["status"] = 0
-        assert wait_exit(state["pid"]) == 99     # core_fixtures: serve() raised
+        assert served_then_signalled(ports, state, 2) == 99     # core_fixtures: serve() raised
