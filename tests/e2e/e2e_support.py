@@ -85,31 +85,24 @@ class Server:
 
     def wait_tcp(self, port: int, host: str = "127.0.0.1") -> Server:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return self._wait_accepting(family, (host, port), f"{host}:{port}")
 
+    def wait_unix(self, path: Path) -> Server:
+        return self._wait_accepting(socket.AF_UNIX, str(path), str(path))
+
+    def _wait_accepting(self, family: int, address, name: str) -> Server:
+        """Until a connect to address succeeds; a server that exited fails at once, with its log."""
         def accepting():
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with socket.socket(family) as s:
                     s.settimeout(2)
-                    s.connect((host, port))
+                    s.connect(address)
                 return True
             except OSError:
                 return False
-        wait_for(accepting, f"the server to accept on {host}:{port}")
-        return self
-
-    def wait_unix(self, path: Path) -> Server:
-        def accepting():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(str(path))
-                return True
-            except OSError:
-                return False
-        wait_for(accepting, f"the server to accept on {path}")
+        wait_for(accepting, f"the server to accept on {name}")
         return self
 
     def wait_log(self, text: str) -> str:
