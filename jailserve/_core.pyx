@@ -2474,11 +2474,16 @@ def serve(listeners, app, ServeConfig cfg=None):
 #     core runs the unchanged request flow (request_ready: environ, app, Response); its reads
 #     and writes are AsyncConnection.recv_some / wait_send_slice, which switch to the hub on
 #     EAGAIN, and the app's own waits (uwsgi.async_sleep, wait_fd_read/write, suspend) switch
-#     there too.  Connection sockets are registered once, edge-triggered for read and write:
-#     every reader or writer tries the system call first and waits only after EAGAIN, which
-#     guarantees the next edge.  Timeouts: socket-timeout for an idle connection, for a whole
-#     head once its first byte is in, and for each read/write wait inside a request; checked
-#     by a sweep once a second.  App timers are a heap.
+#     there too.  Connection sockets are registered once (when they first have to wait),
+#     edge-triggered for read and write: every reader or writer tries the system call first
+#     and waits only after EAGAIN, which guarantees the next edge.  Timeouts: socket-timeout
+#     for an idle connection, for a whole head once its first byte is in, and for each
+#     read/write wait inside a request; checked by a sweep once a second.  App timers are a
+#     heap.
+#
+#     The sync hub (serve() with a keep-alive listener) is this loop with `sync` set and no
+#     greenlet: dispatch() serves a complete head at once on the loop's own stack, and a wait
+#     inside a request polls that one socket (wait_blocking).
 # ---------------------------------------------------------------------------------------------
 cdef extern from *:
     """
