@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import apps, greenlet_hub, hooks, privileges, sockets
+from . import apps, greenlet_hub, hooks, locks, privileges, sockets
 from .config import Config
 from .errors import ConfigError
 from .jail import backend_for
@@ -76,4 +76,5 @@ def build_plan(config: Config) -> Plan:
     if not socket_specs:
         raise ConfigError("no socket to serve on (allowed: http-socket, http11-socket or socket)",
                           None, "http-socket")
+    locks.LockPlan(config)                # the lock options; imports what the lock engine needs
     return Plan(config, jail, socket_specs, hook_plan, app, concurrency)
