@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +47,8 @@ class HookPlan:
 
 
 def _sh(cmd: str) -> int:
+    import subprocess  # imported by plan_hooks already, for a plan that runs commands
+
     return subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL).returncode
 
 
@@ -188,6 +189,7 @@ def act_umount(args: str) -> None:
     _jail.umount2(target, _flag_bits(flags.strip(), UMOUNT_FLAGS))
 
 
+SHELL_ACTIONS = ("exec", "safeexec")          # the actions that run /bin/sh (subprocess)
 ACTIONS: dict[str, Callable[[str], None]] = {
     "exec": act_exec, "safeexec": act_safeexec, "cd": act_chdir, "chdir": act_chdir,
     "mkdir": act_mkdir, "putenv": act_putenv, "unlink": act_unlink, "create": act_create,
@@ -225,6 +227,11 @@ def plan_hooks(config) -> HookPlan:
         hooks = [_parse_hook(phase, e.name, e.value, e.origin) for e in config.entries_for(f"hook-{phase}")]
         hooks += [Hook(phase, "exec", e.value, e.origin, e.name) for e in config.entries_for(f"exec-{phase}")]
         phases[phase] = hooks
+    if any(hook.action in SHELL_ACTIONS for hooks in phases.values() for hook in hooks):
+        # subprocess (and the threading and locale modules it imports) only for a plan that
+        # runs commands: every process of the instance would carry it.  Imported now, before
+        # the jail and the privilege drop, after which the stdlib may not be readable.
+        import subprocess  # noqa: F401
     return HookPlan({phase: tuple(hooks) for phase, hooks in phases.items()})
 
 
