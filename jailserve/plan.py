@@ -6,13 +6,16 @@ and raises ConfigError for bad input, so a wrong config exits 1 with nothing don
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import apps, greenlet_hub, hooks, locks, privileges, sockets
 from .config import Config
 from .errors import ConfigError
 from .jail import backend_for
-from .jail.spec import JailSpec, build_spec
+from .jail import configured as jail_configured
+
+if TYPE_CHECKING:
+    from .jail.spec import JailSpec
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Plan:
 
 
 def build_plan(config: Config) -> Plan:
-    jail = build_spec(config)
+    jail_spec = _jail_spec(config)
     socket_specs = sockets.plan_sockets(config)
     hook_plan = hooks.plan_hooks(config)
     app = apps.plan_app(config)
@@ -77,4 +80,14 @@ def build_plan(config: Config) -> Plan:
         raise ConfigError("no socket to serve on (allowed: http-socket, http11-socket or socket)",
                           None, "http-socket")
     locks.LockPlan(config)                # the lock options; imports what the lock engine needs
-    return Plan(config, jail, socket_specs, hook_plan, app, concurrency)
+    return Plan(config, jail_spec, socket_specs, hook_plan, app, concurrency)
+
+
+def _jail_spec(config: Config) -> JailSpec | None:
+    if not jail_configured(config):
+        return None
+    # The jail planner and FreeBSD's parameter table only for a config with a jail option;
+    # imported here, before any jail exists: inside one the stdlib may not be readable.
+    from .jail.spec import build_spec
+
+    return build_spec(config)

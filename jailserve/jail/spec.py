@@ -23,9 +23,8 @@ from typing import Any
 
 from ..errors import ConfigError, Origin
 from ..options import FREEBSD, LINUX, current_platform
+from . import configured
 from . import freebsd_params as fp
-
-JAIL_OPTIONS = ("jail", "jail-ip4", "jail-ip6", "jail2", "jail-attach", "jidfile")
 
 # jail2 keys that have a Linux meaning, and what they become (docs/jails.md repeats this).
 LINUX_KEYS: dict[str, str] = {
@@ -153,7 +152,7 @@ def build_spec(config, platform: str | None = None, probe: fp.Probe | None = Non
     by default the kernel's sysctls when validating for the FreeBSD we run on, none
     otherwise (an unknown key is then an error).
     """
-    if not any(config.has(name) for name in JAIL_OPTIONS):
+    if not configured(config):
         return None
     platform = platform or config.platform   # the loader validated check-platform
     if probe is None and platform == FREEBSD == current_platform():
