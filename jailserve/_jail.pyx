@@ -41,6 +41,26 @@ cdef int raise_errno(str what) except -1:
     raise OSError(err, f"{what}: {strerror(err).decode()}")
 
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int js_malloc_trim(void) { return malloc_trim(0); }
+    #else
+    static int js_malloc_trim(void) { return 0; }
+    #endif
+    """
+    int js_malloc_trim() nogil
+
+
+def malloc_trim() -> bool:
+    """glibc's malloc_trim(0): the free pages of the malloc heap go back to the kernel (True
+    when some did).  The master calls it before its first fork, so that no worker starts
+    with a copy of the start-up's garbage.  Other C libraries (FreeBSD's jemalloc) return
+    free pages by themselves: nothing to do, False."""
+    return js_malloc_trim() != 0
+
+
 # ---------------------------------------------------------------------------------------
 # 2. FreeBSD jails
 #

@@ -37,7 +37,17 @@ import sys
 # Everything the start-up needs after the privilege drop and the jail is imported now: after
 # them the interpreter's own files may no longer be readable (a jail without the stdlib, a
 # uid that cannot read the install).
-from . import __version__, apps, hooks, locks, log, privileges, sockets, uwsgi_compat
+from . import (
+    __version__,
+    _jail,
+    apps,
+    hooks,
+    locks,
+    log,
+    privileges,
+    sockets,
+    uwsgi_compat,
+)
 from . import master as master_mod
 from .apps import AppLoadError
 from .master import RELOAD_ENV, Master, MasterConfig, ReloadReport, StatusSlots
@@ -206,8 +216,13 @@ def _serve(plan, config, listeners, shared, cleanup, deferred, cwd) -> int:
             # uWSGI: without master and with one process, the process is worker 1.
             worker.harakiri_alarm = config.get("harakiri")    # uWSGI's SIGALRM variant
             return run_forked(worker, 1, slots.slot(1))
-        # Objects made so far live for the whole run; freezing them keeps the collector from
-        # writing to their pages in every worker, so those pages stay shared (DESIGN §5).
+        # The start-up's garbage (config parsing, modules compiled without a current .pyc)
+        # goes first, and the heap's free pages back to the kernel: a worker would start with
+        # a share of them.  Objects made so far live for the whole run; freezing them keeps
+        # the collector from writing to their pages in every worker, so those pages stay
+        # shared (DESIGN §5).
+        gc.collect()
+        _jail.malloc_trim()
         gc.freeze()
         reloaded = ReloadReport.decode(os.environ.pop(RELOAD_ENV, ""))
         action = None if config.get("lazy") else (

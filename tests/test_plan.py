@@ -53,3 +53,8 @@ def test_a_config_that_needs_one_imports_it_while_it_is_planned(args, wanted):
     got = added(*args)
     assert all(m in got for m in wanted), got
 
+
+def test_malloc_trim_answers_whether_pages_went_back():
+    from jailserve import _jail
+
+    assert _jail.malloc_trim() in (True, False)
