@@ -50,12 +50,11 @@ class LockPlan:
         self.ftok = config.get("ftok")
         self.persistent = bool(config.get("persistent-ipcsem"))
         self.drop = privileges.plan_drop(config)
-        self.instance = None                # ipcsem: names this instance's registry file
+        self.argv = config.argv             # ipcsem: names this instance's registry file
         if self.engine == "ipcsem":
             # The registry of SysV sets (hashlib, json, tempfile) is imported for ipcsem only.
             # plan.build_plan makes a LockPlan before the jail, while the stdlib is readable.
-            from . import lock_registry
-            self.instance = lock_registry.instance_id(config.argv)
+            from . import lock_registry  # noqa: F401
         self._origins = {name: config.origin(name) for name in ("lock-engine", "ftok", "locks")}
         self._check()
 
@@ -249,7 +248,8 @@ class LockSet:
         self.registry = None
         if plan.engine == "ipcsem":
             from . import lock_registry  # imported by LockPlan already (see there)
-            self.registry = lock_registry.Registry(lock_registry.registry_dir(run_dir), plan.instance)
+            self.registry = lock_registry.Registry(lock_registry.registry_dir(run_dir),
+                                                   lock_registry.instance_id(plan.argv))
             if self.registry.path is None:
                 log.emit("no writable registry directory: SysV sets of a killed master will not be found")
             self.registry.sweep()
