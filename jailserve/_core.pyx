@@ -2613,10 +2613,22 @@ cdef extern from *:
     int js_poller_wait(int pfd, js_ev *out, int max, int timeout_ms) nogil
     int JS_P_LISTENER, JS_P_CONN, JS_P_READ, JS_P_WRITE, JS_MAX_EVENTS
 
-try:
-    import greenlet as _greenlet_mod
-except ImportError:           # serve_async() says so; serve() does not need it
-    _greenlet_mod = None
+# greenlet is imported by the first serve_async(), not with _core: a sync worker never needs
+# it, and it brings libstdc++ into every process (about 1 MiB of the master's memory).  An
+# async config imports it while it is planned (greenlet_hub.plan_async), before any jail.
+_greenlet_mod = None
+
+
+cdef object greenlet_module():
+    global _greenlet_mod
+    if _greenlet_mod is None:
+        try:
+            import greenlet
+        except ImportError:
+            raise RuntimeError("async mode needs the greenlet package (pip install greenlet)") from None
+        _greenlet_mod = greenlet
+    return _greenlet_mod
+
 from collections import deque as _deque
 from heapq import heappush as _heappush, heappop as _heappop
 
@@ -2819,16 +2831,15 @@ cdef class Hub(Server):
         cdef uint64_t now, data
         cdef int tag, v
         cdef Slot s
-        if _greenlet_mod is None and not self.sync:
-            raise RuntimeError("async mode needs the greenlet package (pip install greenlet)")
         cdef js_ev *evs = <js_ev *>malloc(sizeof(js_ev) * JS_MAX_EVENTS)
         if evs == NULL:
             raise MemoryError()
         free(self.evbuf)
         self.evbuf = evs
         if not self.sync:
-            self.greenlet_cls = _greenlet_mod.greenlet
-            self.hub_g = _greenlet_mod.getcurrent()
+            gm = greenlet_module()
+            self.greenlet_cls = gm.greenlet
+            self.hub_g = gm.getcurrent()
             self.hub_switch = self.hub_g.switch
             self.core_run = self._core_run
         self.slots = []

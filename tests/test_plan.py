@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 OPTIONAL = ("subprocess", "hashlib", "json", "jailserve.lock_registry", "jailserve.jail.spec",
-            "jailserve.jail.freebsd_params")
+            "jailserve.jail.freebsd_params", "greenlet")
 
 SCRIPT = """
 import json, sys
@@ -48,6 +48,7 @@ def test_a_plain_config_imports_none_of_them():
     (["--hook-pre-app", "safeexec:true"], ["subprocess"]),
     (["--lock-engine", "ipcsem"], ["hashlib", "jailserve.lock_registry"]),
     (["--jail-attach", "web"], ["jailserve.jail.freebsd_params", "jailserve.jail.spec"]),
+    (["--async", "10"], ["greenlet"]),
 ])
 def test_a_config_that_needs_one_imports_it_while_it_is_planned(args, wanted):
     got = added(*args)
