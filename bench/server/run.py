@@ -71,11 +71,17 @@ http {{
     return ["nginx", "-p", tmp, "-c", conf]
 
 
+def uwsgi_binary() -> str:
+    """The uwsgi installed beside this interpreter (the project's .venv), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "uwsgi")
+    return beside if os.access(beside, os.X_OK) else shutil.which("uwsgi") or "uwsgi"
+
+
 def servers(tmp: str) -> list[Server]:
     py = sys.executable
     app = os.path.join(HERE, "app.py")
     js = [py, "-m", "jailserve", "--master", "--processes", "1", "--disable-logging", "--wsgi-file", app]
-    uw = [shutil.which("uwsgi") or "uwsgi", "--master", "--processes", "1", "--disable-logging",
+    uw = [uwsgi_binary(), "--master", "--processes", "1", "--disable-logging",
           "--wsgi-file", app, "--need-app"]
     out = []
     for name, base in (("jailserve", js), ("uWSGI", uw)):
@@ -271,7 +277,7 @@ def versions() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"python": platform.python_version(), "uWSGI": run("uwsgi", "--version"),
+    return {"python": platform.python_version(), "interpreter": sys.executable, "uWSGI": run(uwsgi_binary(), "--version"),
             "gunicorn": pkg("gunicorn"), "bjoern": pkg("bjoern"), "nginx": run("nginx", "-v"),
             "wrk": run("wrk", "-v").split(" [")[0], "cpu": cpu, "kernel": platform.release()}
 
@@ -340,7 +346,8 @@ def main(argv=None) -> int:
     info.update(duration_s=args.duration, connections=args.connections, repeat=args.repeat, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump({"info": info, "results": results, "memory": memory}, f, indent=1)
-    md = [f"Run {info['date']}: {info['cpu']}, Linux {info['kernel']}, Python {info['python']}, "
+    md = [f"Run {info['date']}: {info['cpu']}, Linux {info['kernel']}, Python {info['python']} "
+          f"({os.path.relpath(info['interpreter'], ROOT) if info['interpreter'].startswith(ROOT) else info['interpreter']}), "
           f"{info['uWSGI']and 'uWSGI ' + info['uWSGI']}, gunicorn {info['gunicorn']}, bjoern {info['bjoern']}, "
           f"{info['nginx']}, {info['wrk']}; server on CPU {SERVER_CPU}, wrk -t1 -c{args.connections} "
           f"-d{args.duration:g}s on CPU {CLIENT_CPU}; one worker per server; each cell the median "
