@@ -144,6 +144,24 @@ cdef extern from *:
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  /* fails on unix: fine */
     }
 
+    /* Deferred accept (uWSGI core/socket.c bind_to_tcp): Linux TCP_DEFER_ACCEPT, FreeBSD's
+       "dataready" accept filter (accf_data(9); ENOENT while the module is not loaded);
+       ENOTSUP where neither exists.  0 or an errno. */
+    static int js_defer_accept(int fd, int seconds) {
+    #if defined(TCP_DEFER_ACCEPT)
+        return setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &seconds, sizeof(seconds)) ? errno : 0;
+    #elif defined(SO_ACCEPTFILTER)
+        struct accept_filter_arg afa;
+        (void)seconds;
+        memset(&afa, 0, sizeof(afa));
+        strcpy(afa.af_name, "dataready");
+        return setsockopt(fd, SOL_SOCKET, SO_ACCEPTFILTER, &afa, sizeof(afa)) ? errno : 0;
+    #else
+        (void)fd; (void)seconds;
+        return ENOTSUP;
+    #endif
+    }
+
     static int js_set_nonblock(int fd) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0) return -1;
@@ -227,6 +245,7 @@ cdef extern from *:
     int js_set_timeouts(int fd, double slice) nogil
     int js_has_timeouts(int fd) nogil
     void js_nodelay(int fd) nogil
+    int js_defer_accept(int fd, int seconds) nogil
     int js_set_nonblock(int fd) nogil
     void js_restore_flags(int fd, int fl) nogil
     int js_poll_in(int *fds, int n, int timeout_ms) nogil
@@ -1801,6 +1820,14 @@ cdef extern from *:
 #    fill / send_iov / wait_send_slice and reuses the rest.
 # ---------------------------------------------------------------------------------------------
 cdef int _stop = 0
+
+
+def defer_accept(int fd, int seconds):
+    """Defer accept() on listening socket fd until a client has sent data (for jailserve.sockets;
+    the system call is chosen by the C preprocessor).  Raises OSError when refused."""
+    cdef int e = js_defer_accept(fd, seconds)
+    if e:
+        raise OSError(e, os.strerror(e))
 
 
 def request_stop():

@@ -29,6 +29,7 @@ import stat
 import sys
 from dataclasses import dataclass
 
+from . import _core
 from .errors import ConfigError, Origin
 from .options import LINUX, current_platform
 
@@ -37,8 +38,6 @@ KINDS = {"http-socket": "http", "http11-socket": "http11", "socket": "uwsgi"}
 SHARED = "shared"
 UNDEFERRED = "undeferred-shared-socket"
 SHARED_OPTIONS = ("shared-socket", UNDEFERRED)
-# FreeBSD's accept filter (accf_data(9)); Python's socket module has no name for it
-SO_ACCEPTFILTER = 0x1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,16 +330,14 @@ def _bind_tcp(spec: SocketSpec) -> socket.socket:
 
 
 def _defer(sock: socket.socket, seconds: int) -> None:
-    """Deferred accept as uWSGI sets it.  Where FreeBSD refuses the filter (accf_data not
-    loaded) uWSGI logs and goes on, and so does this."""
-    if hasattr(socket, "TCP_DEFER_ACCEPT"):          # Linux
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds)
-    elif sys.platform.startswith("freebsd"):
-        try:        # struct accept_filter_arg: af_name[16], af_arg[240]
-            sock.setsockopt(socket.SOL_SOCKET, SO_ACCEPTFILTER, b"dataready".ljust(256, b"\0"))
-        except OSError as exc:
-            print(f"SO_ACCEPTFILTER dataready: {exc.strerror} (kldload accf_data to defer accept)",
-                  file=sys.stderr)
+    """Deferred accept as uWSGI sets it (_core picks TCP_DEFER_ACCEPT or FreeBSD's accf_data).
+    Where the system refuses (FreeBSD without accf_data loaded) uWSGI logs and goes on, and
+    so does this."""
+    try:
+        _core.defer_accept(sock.fileno(), seconds)
+    except OSError as exc:
+        print(f"deferred accept on {sock.getsockname()}: {exc.strerror}"
+              f"{' (kldload accf_data)' if exc.errno == errno.ENOENT else ''}", file=sys.stderr)
 
 
 def _bind_unix(spec: SocketSpec) -> socket.socket:

@@ -239,3 +239,14 @@ def test_deferred_accept_holds_a_silent_client_back(extra, silent_accepted):
             assert _accepts_within(listener, 5)
     finally:
         listener.close()
+
+
+def test_a_refused_deferred_accept_is_reported_and_binding_goes_on(capsys):
+    # uWSGI logs a refused TCP_DEFER_ACCEPT / accept filter and keeps the socket; a unix
+    # socket stands in for a system that refuses it
+    from jailserve import _core
+    with socket.socket(socket.AF_UNIX) as refusing:
+        with pytest.raises(OSError):
+            _core.defer_accept(refusing.fileno(), 4)
+        sockets._defer(refusing, 4)
+    assert "deferred accept on" in capsys.readouterr().err
