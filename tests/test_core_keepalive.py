@@ -81,8 +81,7 @@ def test_a_body_that_stalls_times_out_and_the_worker_goes_on():
         stalled.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
         t0 = time.monotonic()
         assert stalled.recv(100) == b""                 # closed, no response
-        waited = time.monotonic() - t0
-        assert 0.5 < waited < 8, waited
+        assert time.monotonic() - t0 > 0.5         # closed by the timeout, not at once
         with connect(ports[0], timeout=5) as c:
             c.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
             assert read_responses(c, ["POST"])[0][2] == b"hello"
@@ -180,9 +179,13 @@ def test_a_stop_serves_a_request_already_waiting_on_an_idle_connection(mode):
     # arrives and the stop comes.  Closing that connection would make its client retry (or
     # fail); it is answered instead, with Connection: close.
     import core_fixtures
+    from core_fixtures import Pipe
+
+    inside = Pipe()
 
     def app(env, start_response):
         if env["PATH_INFO"] == "/slow":
+            inside.send("slow")
             time.sleep(0.5)                 # blocks the whole worker, in both modes
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [env["PATH_INFO"].encode()]
@@ -194,7 +197,7 @@ def test_a_stop_serves_a_request_already_waiting_on_an_idle_connection(mode):
             assert get(idle, "/first")[2] == b"/first"
             busy = connect(ports[0], timeout=10)
             busy.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
-            time.sleep(0.15)                # the worker is inside /slow now
+            assert inside.lines(1) == ["slow"]      # the worker is inside /slow now
             idle.sendall(b"GET /waiting HTTP/1.1\r\nHost: t\r\n\r\n")
             os.kill(state["pid"], signal.SIGTERM)
             ((status, headers, body, _),) = read_responses(idle, ["GET"])
@@ -204,3 +207,4 @@ def test_a_stop_serves_a_request_already_waiting_on_an_idle_connection(mode):
             busy.close()
     finally:
         core_fixtures.set_mode("sync")
+        inside.close()
