@@ -87,6 +87,12 @@ def wait_port(p, port, workdir):
     while ready not in _log_of(p):
         assert p.poll() is None and time.monotonic() < deadline, (workdir / "server.log").read_text()
         time.sleep(0.02)
+    if "--master" not in p.args:
+        # without a master the process itself becomes the worker after that line, and its
+        # stop handlers are in once it serves: one answered request says so
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert c.recv(12).startswith(b"HTTP/1.1 "), (workdir / "server.log").read_text()
 
 
 def free_port():
