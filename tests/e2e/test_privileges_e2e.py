@@ -91,4 +91,10 @@ def test_chown_socket_binds_before_the_drop(serve, tmp_path, open_dir):
                    "--wsgi-file", world_readable_probe(open_dir), "--uid", "nobody").wait_unix(sock)
     st = os.stat(sock)
     assert st.st_uid == nobody.pw_uid and (st.st_mode & 0o777) == 0o600
+    # without a master the process becomes the worker after binding: once it answers, its
+    # stop handlers are in (a SIGINT before that is Python's KeyboardInterrupt)
+    conn = UnixHTTPConnection(str(sock))
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    conn.close()
     assert server.stop() == 0
