@@ -124,7 +124,8 @@ def test_500_slowloris_connections_do_not_stop_normal_requests(mode):
 
 def test_idle_keepalive_connections_hold_no_core(mode):
     # one core; 50 keep-alive connections that served a request stay open and idle; a new
-    # client is still served at once (a sync worker would wait for the idle one's timeout)
+    # client is still served at once (uWSGI's sync http11 worker would wait for the idle
+    # one's timeout; jailserve's sync hub does not either: tests/test_core_keepalive.py)
     mode("async", 1)
     with serving(hello, socket_timeout=60) as (ports, _):
         idle = []
